@@ -1,0 +1,23 @@
+"""Exceptions raised for bad user input; the CLI turns them into one line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RnnimpError(Exception):
+    """Base class of the errors rnnimp reports to its users."""
+
+
+class InvalidParameterError(RnnimpError, ValueError):
+    """A user-supplied value breaks a rule.
+
+    The message names the parameter, the rule and the value received, e.g.
+    ``samples: must be a positive integer, got 0``.
+    """
+
+    def __init__(self, parameter: str, rule: str, value: Any) -> None:
+        self.parameter = parameter
+        self.rule = rule
+        self.value = value
+        super().__init__(f"{parameter}: {rule}, got {value!r}")

@@ -1,0 +1,97 @@
+"""Moving a Keras model between processes and files without pickle.
+
+A model travels as a :class:`ModelSpec`: its architecture as JSON plus its
+weights as numpy arrays. Both are plain data, cheap to put in Ray's object
+store, and rebuilt with Keras' safe deserialisation. The fingerprint (SHA-256
+of architecture and weights) names the model in run metadata and keys the
+per-process model cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidParameterError
+
+
+def configure_tensorflow(threads: int | None) -> None:
+    """Quiet TF's C++ logging and, if given, pin its thread pools.
+
+    Must run before TensorFlow executes its first op in this process; the
+    environment variables are also read by TF at start-up.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if threads is not None:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+        os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
+    import tensorflow as tf
+
+    if threads is not None:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            # TF already initialised in this process: its pools are fixed now.
+            pass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A Keras model as plain data: architecture JSON and weight arrays."""
+
+    architecture_json: str
+    weights: tuple[np.ndarray, ...]
+    fingerprint: str
+
+    @classmethod
+    def from_model(cls, model) -> "ModelSpec":
+        architecture_json = model.to_json()
+        weights = tuple(np.asarray(w) for w in model.get_weights())
+        return cls(architecture_json, weights, fingerprint(architecture_json, weights))
+
+    def build(self):
+        """Rebuild the Keras model (safe mode: no arbitrary code)."""
+        import keras
+
+        model = keras.models.model_from_json(self.architecture_json)
+        model.set_weights(list(self.weights))
+        return model
+
+
+def fingerprint(architecture_json: str, weights: tuple[np.ndarray, ...]) -> str:
+    """SHA-256 over the architecture and every weight's dtype, shape and bytes."""
+    digest = hashlib.sha256(architecture_json.encode())
+    for weight in weights:
+        digest.update(str((weight.dtype.str, weight.shape)).encode())
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+def load_model(path: str, parameter: str = "model"):
+    """Load a ``.keras`` file in Keras safe mode, or raise InvalidParameterError."""
+    import keras
+
+    if not str(path).endswith(".keras"):
+        raise InvalidParameterError(parameter, "must be a .keras file", str(path))
+    if not os.path.isfile(path):
+        raise InvalidParameterError(parameter, "must be an existing readable file", str(path))
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types for corrupt archives
+        raise InvalidParameterError(
+            parameter, f"must be a valid Keras model file ({type(error).__name__}: {error})", str(path)
+        ) from None
+
+
+def model_to_bytes(model) -> bytes:
+    """The model serialised in the native ``.keras`` format."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        model.save(path)
+        with open(path, "rb") as handle:
+            return handle.read()
