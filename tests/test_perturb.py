@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from rnnimp.perturb import add_noise, sample_noise, standard_normal_stream
+
+
+def test_add_noise_changes_only_the_target_feature_at_every_step():
+    rng = np.random.default_rng(1)
+    series = rng.random((6, 5, 3), dtype=np.float32)
+    original = series.copy()
+    noise = sample_noise((7, 8), 0, 6, 5)
+    perturbed = add_noise(series, (1,), noise, 0.2)
+
+    assert perturbed.shape == series.shape and perturbed.dtype == series.dtype
+    np.testing.assert_array_equal(series, original)  # input untouched
+    np.testing.assert_array_equal(perturbed[:, :, [0, 2]], series[:, :, [0, 2]])
+    assert np.all(perturbed[:, :, 1] != series[:, :, 1])  # every sample, every step
+    np.testing.assert_allclose(perturbed[:, :, 1] - series[:, :, 1], 0.2 * noise[:, :, 0], atol=1e-6)
+
+
+def test_add_noise_to_a_group_uses_one_noise_column_per_feature():
+    series = np.zeros((2, 3, 4), dtype=np.float64)
+    noise = sample_noise((1, 1), 0, 2, 3, n_features=2)
+    perturbed = add_noise(series, (0, 3), noise, 1.0)
+    np.testing.assert_array_equal(perturbed[:, :, 0], noise[:, :, 0])
+    np.testing.assert_array_equal(perturbed[:, :, 3], noise[:, :, 1])
+    assert not perturbed[:, :, 1:3].any()
+
+
+def test_noise_of_a_sample_does_not_depend_on_where_a_shard_starts():
+    whole = sample_noise((3, 4), 0, 50, 7)
+    for start, count in [(0, 1), (1, 3), (13, 20), (49, 1)]:
+        np.testing.assert_array_equal(sample_noise((3, 4), start, count, 7), whole[start:start + count])
+
+
+def test_stream_is_reproducible_and_key_dependent():
+    a = standard_normal_stream((1, 2), 5, 1000)
+    np.testing.assert_array_equal(a, standard_normal_stream((1, 2), 5, 1000))
+    assert not np.array_equal(a, standard_normal_stream((1, 3), 5, 1000))
+    assert not np.array_equal(a, standard_normal_stream((2, 2), 5, 1000))
+
+
+def test_stream_is_standard_normal():
+    from scipy import stats
+
+    values = standard_normal_stream((11, 12), 0, 200_000)
+    assert abs(values.mean()) < 0.01
+    assert abs(values.std() - 1) < 0.01
+    assert stats.kstest(values, "norm").pvalue > 0.001
+
+
+def test_stream_refuses_negative_positions():
+    with pytest.raises(ValueError):
+        standard_normal_stream((1, 2), -1, 3)
