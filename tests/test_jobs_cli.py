@@ -1,0 +1,81 @@
+"""jobs.seed_importance from the command line: help, bad input, a small real run."""
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobtools import run_job
+from rnnimp.output import read_metadata
+
+SMALL = ["--epochs", "1", "--steps-per-epoch", "300", "--repeats", "3", "--samples", "100", "--num-cpus", "2", "--quiet"]
+
+
+def test_help_documents_every_option():
+    done = run_job("jobs.seed_importance", "--help")
+    assert done.returncode == 0
+    for option in ["--out", "--samples", "--repeats", "--noise-scale", "--seed", "--confidence", "--epochs",
+                   "--steps-per-epoch", "--batch-size", "--model", "--num-cpus"]:
+        assert option in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--samples", "0"], "--samples: must be a positive integer, got 0"),
+        (["--repeats", "-2"], "--repeats: must be a positive integer, got -2"),
+        (["--repeats", "1"], "--repeats: must be at least 2 for a confidence interval, got 1"),
+        (["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
+        (["--noise-scale", "0"], "--noise-scale: must be a finite number > 0, got 0.0"),
+        (["--noise-scale", "nan"], "--noise-scale: must be a finite number > 0, got nan"),
+        (["--confidence", "1.2"], "--confidence: must be strictly between 0 and 1, got 1.2"),
+        (["--samples", "ten"], "argument --samples: invalid int value: 'ten'"),
+        (["--model", "missing.keras"], "--model: must be an existing readable file, got 'missing.keras'"),
+        (["--model", "weights.h5"], "--model: must be a .keras file, got 'weights.h5'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, message):
+    out = tmp_path / "out"
+    done = run_job("jobs.seed_importance", "--out", str(out), *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+def test_corrupt_model_file_is_refused(tmp_path):
+    model = tmp_path / "broken.keras"
+    model.write_bytes(b"this is not a zip archive")
+    done = run_job("jobs.seed_importance", "--out", str(tmp_path / "out"), "--model", str(model))
+    assert done.returncode == 2
+    assert "--model: must be a valid Keras model file" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_small_run_writes_results_and_reuses_its_model(tmp_path):
+    out = tmp_path / "run"
+    done = run_job("jobs.seed_importance", "--out", str(out), *SMALL)
+    assert done.returncode == 0, done.stderr
+    assert "embedded local Ray (2 CPUs)" in done.stdout
+    assert "95% t-interval" in done.stdout and f"wrote summary: {out}/summary.parquet" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["effects.parquet", "model.keras", "summary.parquet"]
+    assert pq.read_table(out / "effects.parquet").num_rows == 9
+    metadata = read_metadata(str(out / "summary.parquet"))
+    assert {"start_ray", "train", "evaluate"} <= set(metadata["timings_s"])
+    assert metadata["job_configuration"]["epochs"] == 1
+
+    # Another configuration into the same folder is refused, naming what differs.
+    refused = run_job("jobs.seed_importance", "--out", str(out), *SMALL[:-5], "--repeats", "4", "--samples", "100")
+    assert refused.returncode == 2
+    assert "differs in repeats" in refused.stderr and "--overwrite" in refused.stderr
+
+    # The saved model can be loaded back and gives the same effects without training.
+    again = tmp_path / "again"
+    loaded = run_job("jobs.seed_importance", "--out", str(again), "--model", str(out / "model.keras"),
+                     "--repeats", "3", "--samples", "100", "--num-cpus", "1", "--quiet")
+    assert loaded.returncode == 0, loaded.stderr
+    assert "trained" not in loaded.stdout
+    first = pq.read_table(out / "effects.parquet").replace_schema_metadata(None)
+    second = pq.read_table(again / "effects.parquet").replace_schema_metadata(None)
+    assert first.equals(second)
