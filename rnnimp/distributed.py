@@ -19,7 +19,7 @@ import ray
 
 from .errors import InvalidParameterError
 from .method import Unit
-from .worker import EvaluationJob, predict_shard, unit_sums
+from .worker import EvaluationJob, peak_rss_bytes, predict_shard, unit_sums, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,12 @@ class _EvaluationWorker:
 
         configure_tensorflow(threads=1)  # imports TF now, overlapping the driver's work
 
-    def pid(self) -> int:
-        return os.getpid()
+    def warm_up(self, architecture_json, batch_size, time_steps, n_features, jit_compile) -> None:
+        warm_up(architecture_json, batch_size, time_steps, n_features, jit_compile)
+
+    def stats(self) -> dict:
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                "peak_rss_bytes": peak_rss_bytes()}
 
     def predict_shard(self, model, sample, layout, shard, jit_compile):
         return predict_shard(model, sample, layout, shard, jit_compile)
@@ -128,6 +132,7 @@ class RayExecutor:
         self.per_worker_in_flight = per_worker_in_flight
         self.actors: list = []
         self.timings: dict[str, float] = {}
+        self._warm_up_refs: list = []
 
     def start(self) -> "RayExecutor":
         if not self.actors:
@@ -138,9 +143,26 @@ class RayExecutor:
             self.actors = [_EvaluationWorker.options(**options).remote() for _ in range(count)]
         return self
 
+    def warm_up(self, architecture_json: str, batch_size: int, time_steps: int, n_features: int,
+                jit_compile: bool = True) -> "RayExecutor":
+        """Have every worker build and compile this architecture now, in the background."""
+        self.start()
+        self._warm_up_refs = [
+            actor.warm_up.remote(architecture_json, batch_size, time_steps, n_features, jit_compile)
+            for actor in self.actors
+        ]
+        return self
+
+    def worker_stats(self) -> list[dict]:
+        """Pid, node and peak RSS of every worker."""
+        return ray.get([actor.stats.remote() for actor in self.actors])
+
     def evaluate(self, job: EvaluationJob, units: list[Unit]) -> Iterator[tuple[Unit, object]]:
         """Yield ``(unit, per-batch sums)`` as units finish, in completion order."""
         self.start()
+        started = time.perf_counter()
+        ray.get(self._warm_up_refs)
+        self.timings["wait_workers"] = time.perf_counter() - started
         started = time.perf_counter()
         model_ref = ray.put(job.model)
         sample_ref = ray.put(job.sample)
@@ -162,8 +184,10 @@ class RayExecutor:
                 model_ref, sample_ref, baseline_refs[unit.shard.index], job.layout, unit,
                 job.noise_scale, job.jit_compile)
 
+        started = time.perf_counter()
         for unit, ref in run_on_pool(self.actors, units, submit, self.per_worker_in_flight):
             yield unit, ray.get(ref)
+        self.timings["units"] = time.perf_counter() - started
 
     def shutdown(self) -> None:
         for actor in self.actors:

@@ -10,6 +10,7 @@ per-process model cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -50,17 +51,16 @@ class ModelSpec:
 
     @classmethod
     def from_model(cls, model) -> "ModelSpec":
-        architecture_json = model.to_json()
+        architecture_json = architecture(model)
         weights = tuple(np.asarray(w) for w in model.get_weights())
         return cls(architecture_json, weights, fingerprint(architecture_json, weights))
 
-    def build(self):
-        """Rebuild the Keras model (safe mode: no arbitrary code)."""
-        import keras
 
-        model = keras.models.model_from_json(self.architecture_json)
-        model.set_weights(list(self.weights))
-        return model
+def architecture(model) -> str:
+    """The model's architecture as canonical JSON, without its training (compile) settings."""
+    config = json.loads(model.to_json())
+    config.pop("compile_config", None)
+    return json.dumps(config, sort_keys=True)
 
 
 def fingerprint(architecture_json: str, weights: tuple[np.ndarray, ...]) -> str:

@@ -1,11 +1,16 @@
 """What a worker process does with a unit of work; knows nothing of Ray.
 
-Each process keeps one compiled evaluator per model fingerprint, so the
-model is built and traced once per process and reused by every unit.
+Each process keeps one compiled evaluator per (architecture, batch shape):
+the model is built and its ``tf.function`` traced and compiled once, and a
+new set of weights is only assigned to the existing variables. A worker can
+therefore be warmed up with the architecture alone, before the weights exist
+(while the driver is still training).
 """
 
 from __future__ import annotations
 
+import hashlib
+import resource
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,17 +33,44 @@ class EvaluationJob:
     jit_compile: bool = True
 
 
-_EVALUATORS: dict[tuple[str, int, bool], ShardEvaluator] = {}
+@dataclass
+class _CachedEvaluator:
+    model: object
+    evaluator: ShardEvaluator
+    fingerprint: str | None
+
+
+_EVALUATORS: dict[tuple, _CachedEvaluator] = {}
+
+
+def _cached(architecture_json: str, batch_size: int, time_steps: int, n_features: int,
+            jit_compile: bool) -> _CachedEvaluator:
+    """This process's evaluator for an architecture and batch shape, built and compiled once."""
+    key = (hashlib.sha256(architecture_json.encode()).hexdigest(), batch_size, time_steps, n_features, jit_compile)
+    if key not in _EVALUATORS:
+        import keras
+
+        model = keras.models.model_from_json(architecture_json)
+        evaluator = ShardEvaluator(keras_forward(model, jit_compile), batch_size, time_steps, n_features)
+        evaluator.forward(evaluator._buffer)  # trace and compile now
+        _EVALUATORS[key] = _CachedEvaluator(model, evaluator, None)
+    return _EVALUATORS[key]
+
+
+def warm_up(architecture_json: str, batch_size: int, time_steps: int, n_features: int,
+            jit_compile: bool) -> None:
+    """Build and compile the forward pass for an architecture before its weights are known."""
+    _cached(architecture_json, batch_size, time_steps, n_features, jit_compile)
 
 
 def evaluator_for(model: ModelSpec, layout: Layout, sample_shape: tuple[int, ...],
                   jit_compile: bool) -> ShardEvaluator:
-    """This process's evaluator for ``model`` at the layout's batch size (built once)."""
-    cache_key = (model.fingerprint, layout.batch_size, jit_compile)
-    if cache_key not in _EVALUATORS:
-        forward = keras_forward(model.build(), jit_compile=jit_compile)
-        _EVALUATORS[cache_key] = ShardEvaluator(forward, layout.batch_size, *sample_shape[1:])
-    return _EVALUATORS[cache_key]
+    """This process's evaluator for ``model`` at the layout's batch size, holding its weights."""
+    cached = _cached(model.architecture_json, layout.batch_size, sample_shape[1], sample_shape[2], jit_compile)
+    if cached.fingerprint != model.fingerprint:
+        cached.model.set_weights(list(model.weights))
+        cached.fingerprint = model.fingerprint
+    return cached.evaluator
 
 
 def predict_shard(model: ModelSpec, sample: np.ndarray, layout: Layout, shard: Shard,
@@ -52,6 +84,11 @@ def unit_sums(model: ModelSpec, sample: np.ndarray, baseline: np.ndarray, layout
     """Per-batch sums of squared prediction changes of one unit: float64 (batches,)."""
     evaluator = evaluator_for(model, layout, sample.shape, jit_compile)
     return evaluator.squared_change_sums(sample, baseline, unit, noise_scale)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class LocalExecutor:

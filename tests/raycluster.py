@@ -51,6 +51,8 @@ class LocalHead:
         self.env = {
             **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
             "RAY_AUTH_MODE": "disabled",
+            # Without this, Ray on Linux replaces 127.0.0.1 with the machine's address.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
 

@@ -1,0 +1,50 @@
+"""Throughput measurements for the benchmark job; pure TensorFlow, no Ray.
+
+Throughput is counted in sample-steps per second: series × time steps
+evaluated by the model per second.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def plain_loop_seconds_per_pass(model, sample: np.ndarray, noise_scale: float, passes: int,
+                                rng: np.random.Generator) -> float:
+    """Seconds per pass of the naive method: copy, perturb, ``model.predict`` (batch 32).
+
+    Each pass perturbs one feature (cycling) of the whole ``sample`` (series,
+    time, features) and computes the RMS change against a baseline computed
+    the same way; the baseline is not timed.
+    """
+    baseline = model.predict(sample, verbose=0)
+    started = time.perf_counter()
+    for index in range(passes):
+        perturbed = sample.copy()
+        feature = index % sample.shape[2]
+        perturbed[:, :, feature] += rng.normal(0.0, noise_scale, sample.shape[:2]).astype(sample.dtype)
+        predictions = model.predict(perturbed, verbose=0)
+        float(np.sqrt(np.mean((predictions - baseline) ** 2)))
+    return (time.perf_counter() - started) / passes
+
+
+def forward_seconds_per_pass(model, sample: np.ndarray, batch_size: int, jit_compile: bool,
+                             passes: int = 1) -> float:
+    """Seconds per pass of a ``tf.function`` forward over the whole sample in fixed batches.
+
+    The machine's forward-pass limit for this model: no perturbation, no
+    reduction, nothing but the compiled model on batches of ``batch_size``
+    (the last one padded, as rnnimp's workers do). Compilation is not timed.
+    """
+    from .method import Layout, ShardEvaluator, keras_forward
+
+    n_samples, time_steps, n_features = sample.shape
+    layout = Layout.for_sample(n_samples, batch_size, n_samples)
+    evaluator = ShardEvaluator(keras_forward(model, jit_compile), layout.batch_size, time_steps, n_features)
+    evaluator.forward(evaluator._buffer)  # trace and compile
+    started = time.perf_counter()
+    for _ in range(passes):
+        evaluator.predict(sample, layout.shards[0])
+    return (time.perf_counter() - started) / passes
