@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from . import output, validation
+from . import output, stats, validation
+from .checkpoint import Checkpoint, unit_id
 from .errors import InvalidParameterError
-from .method import Layout, plan_units, rms_effect
+from .method import LOSSES, METRICS, Layout, Metric, Target, effect, plan_units
 from .modelio import ModelSpec
+from .perturb import Perturbation
 from .seeding import Stream, generator
-from .stats import Summary, summarize
-from .worker import EvaluationJob, LocalExecutor
+from .worker import EvaluationJob, LocalExecutor, Settings
 
 DEFAULT_BATCH_SIZE = 4096
 DEFAULT_SHARD_SIZE = 65536
+PERTURBATIONS = ("noise", "permute", "ablate")
+INTERVALS = ("t", "percentile", "bca")
 
 
 def library_versions() -> dict[str, str]:
@@ -36,74 +41,194 @@ def library_versions() -> dict[str, str]:
 
 @dataclass
 class ImportanceResult:
-    """Raw effects (features × repeats) beside their per-feature summary.
+    """Raw effects beside their per-target summary.
 
-    ``effects[f, r]`` is the RMS change of the predictions when feature f is
-    perturbed with repeat r's noise.
+    ``effects`` has shape (targets, repeats), or (targets, steps, repeats) for
+    a time-step map; ``effects[f, r]`` is the effect of perturbing target f
+    with repeat r's draws. With adaptive repeats, repeats a target did not
+    need are NaN. Targets are the features, then the groups.
     """
 
-    feature_names: list[str]
+    target_names: list[str]
+    target_features: list[list[str]]
     effects: np.ndarray
-    summary: Summary
+    summary: stats.Summary
     confidence: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+
+    @property
+    def per_step(self) -> bool:
+        return self.effects.ndim == 3
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.target_names
 
     @property
     def importances_mean(self) -> np.ndarray:
-        return self.summary.mean
+        return self.summary.mean.reshape(self.effects.shape[:-1])
 
     @property
     def importances_std(self) -> np.ndarray:
-        return self.summary.std
+        return self.summary.std.reshape(self.effects.shape[:-1])
+
+    def _cells(self) -> dict[str, pa.Array]:
+        """Columns naming each summary row: target index, name, features, and step."""
+        n_targets = len(self.target_names)
+        n_steps = self.effects.shape[1] if self.per_step else 1
+        index = np.repeat(np.arange(n_targets), n_steps)
+        columns = {
+            "feature_index": pa.array(index, pa.int32()),
+            "feature": pa.array([self.target_names[i] for i in index], pa.string()),
+            "features": pa.array([self.target_features[i] for i in index], pa.list_(pa.string())),
+        }
+        if self.per_step:
+            columns["step"] = pa.array(np.tile(np.arange(n_steps), n_targets), pa.int32())
+        return columns
 
     def effects_table(self) -> pa.Table:
-        return output.with_metadata(output.effects_table(self.feature_names, self.effects), self.metadata)
+        """One row per (target[, step], repeat) that was run."""
+        cells = self._cells()
+        flat = self.effects.reshape(-1, self.effects.shape[-1])
+        cell_index, repeat = np.nonzero(np.isfinite(flat))
+        columns = {name: column.take(pa.array(cell_index)) for name, column in cells.items()}
+        first_repeat = self.metadata.get("configuration", {}).get("first_repeat", 0)
+        columns["repeat"] = pa.array(first_repeat + repeat, pa.int32())
+        columns["effect"] = pa.array(flat[cell_index, repeat], pa.float64())
+        return output.with_metadata(pa.table(columns), self.metadata)
 
     def summary_table(self) -> pa.Table:
+        """One row per target (and step): n_repeats, mean, std, intervals, rank."""
         s = self.summary
-        table = pa.table({
-            "feature_index": pa.array(np.arange(len(self.feature_names)), pa.int32()),
-            "feature": pa.array(self.feature_names, pa.string()),
+        columns = dict(self._cells())
+        columns.update({
             "n_repeats": pa.array(s.n_repeats, pa.int64()),
             "mean": s.mean, "std": s.std,
             "t_low": s.t_low, "t_high": s.t_high,
             "bootstrap_low": s.bootstrap_low, "bootstrap_high": s.bootstrap_high,
+            "bootstrap_method": pa.array(s.bootstrap_method, pa.string()),
             "rank": pa.array(s.rank, pa.int64()),
         })
-        return output.with_metadata(table, self.metadata)
+        target = self.metadata.get("adaptive")
+        if target:
+            columns["target_met"] = pa.array(target["met"], pa.bool_())
+        return output.with_metadata(pa.table(columns), self.metadata)
 
-    def write(self, out: str, model_bytes: bytes | None = None) -> dict[str, str]:
-        """Write effects, summary (and the model, if given) into ``out``, each atomically."""
+    def comparisons_table(self) -> pa.Table:
+        """Pairwise differences of targets with their intervals (not for time-step maps)."""
+        return output.with_metadata(
+            stats.pairwise_comparisons(self.effects, self.target_names, self.confidence), self.metadata)
+
+    def rank_probabilities_table(self) -> pa.Table:
+        return output.with_metadata(stats.rank_probabilities(self.effects, self.target_names), self.metadata)
+
+    def write(self, out: str, model_bytes: bytes | None = None, chart: bool = True) -> dict[str, str]:
+        """Write every result file into ``out``, each atomically, then drop the checkpoint."""
         paths = {}
         if model_bytes is not None:
             paths["model"] = output.write_bytes(model_bytes, out, output.MODEL_FILE)
         paths["effects"] = output.write_table(self.effects_table(), out, output.EFFECTS_FILE)
+        if not self.per_step:
+            paths["comparisons"] = output.write_table(self.comparisons_table(), out, output.COMPARISONS_FILE)
+            paths["rank_probabilities"] = output.write_table(self.rank_probabilities_table(), out, output.RANKS_FILE)
+        if chart:
+            paths["chart"] = output.write_bytes(self.chart_png(), out, output.CHART_FILE)
         paths["summary"] = output.write_table(self.summary_table(), out, output.SUMMARY_FILE)
+        if self.checkpoint is not None:
+            self.checkpoint.remove()
         return paths
 
-    def format_summary(self) -> str:
-        """The summary as a plain-text table, most important feature first."""
+    def chart_png(self) -> bytes:
+        """A PNG: bar chart of mean effects with intervals, or a heatmap of a time-step map."""
+        from . import plots
+
+        if self.per_step:
+            return plots.png_bytes(plots.heatmap_figure(self.importances_mean, self.target_names))
         s = self.summary
-        level = f"{self.confidence:.0%}"
-        header = f"{'rank':>4}  {'feature':<12} {'mean':>9} {'std':>9}  {level + ' t-interval':>21}  {level + ' bootstrap':>21}"
-        lines = [header, "-" * len(header)]
-        for i in np.argsort(s.rank, kind="stable"):
-            lines.append(
-                f"{s.rank[i]:>4}  {self.feature_names[i]:<12} {s.mean[i]:>9.4f} {s.std[i]:>9.4f}"
-                f"  [{s.t_low[i]:>8.4f}, {s.t_high[i]:>8.4f}]  [{s.bootstrap_low[i]:>8.4f}, {s.bootstrap_high[i]:>8.4f}]"
-            )
-        return "\n".join(lines)
+        level = f"{self.confidence:.0%} t-interval"
+        return plots.png_bytes(plots.bar_figure(self.target_names, s.mean, s.t_low, s.t_high,
+                                                title=f"Effect of perturbing each input (mean, {level})"))
+
+    def format_summary(self) -> str:
+        """The summary as a plain-text table, most important first."""
+        from .report import format_summary
+
+        return format_summary(self.summary_table(), self.confidence)
 
 
 def _feature_names(names: Sequence[str] | None, n_features: int) -> list[str]:
     if names is None:
         return [f"x{i + 1}" for i in range(n_features)]
     names = [str(name) for name in names]
-    if len(names) != n_features or len(set(names)) != n_features:
+    if len(names) != n_features or len(set(names)) != n_features or not all(names):
         raise InvalidParameterError(
-            "feature_names", f"must be {n_features} distinct names, one per feature", names
-        )
+            "feature_names", f"must be {n_features} distinct non-empty names, one per feature", names)
     return names
+
+
+def _feature_index(reference: str | int, names: list[str], parameter: str) -> int:
+    if isinstance(reference, (int, np.integer)) and not isinstance(reference, bool):
+        if 0 <= reference < len(names):
+            return int(reference)
+    elif reference in names:
+        return names.index(reference)
+    raise InvalidParameterError(parameter, f"must name known features ({', '.join(names)}) "
+                                f"or indexes 0..{len(names) - 1}", reference)
+
+
+def resolve_targets(names: list[str], groups: Mapping[str, Sequence[str | int]] | None) -> list[Target]:
+    """One target per feature, then one per group (features perturbed jointly)."""
+    targets = [Target(name, (index,)) for index, name in enumerate(names)]
+    for group_name, members in (groups or {}).items():
+        if not group_name or group_name in names or not members:
+            raise InvalidParameterError("groups", "need a new non-empty name and at least one feature",
+                                        f"{group_name}={list(members or [])}")
+        indexes = tuple(sorted({_feature_index(m, names, "groups") for m in members}))
+        targets.append(Target(str(group_name), indexes))
+    return targets
+
+
+def resolve_perturbation(kind: str, sample: np.ndarray, noise_scale: float, noise_relative: float | None,
+                         ablate_value: str | float) -> Perturbation:
+    """The perturbation with its per-feature scales or replacement values fixed on ``sample``."""
+    if kind not in PERTURBATIONS:
+        raise InvalidParameterError("perturbation", f"must be one of {', '.join(PERTURBATIONS)}", kind)
+    n_features = sample.shape[2]
+    if kind == "noise":
+        if noise_relative is not None:
+            relative = validation.positive_finite("noise_relative", noise_relative)
+            stds = sample.reshape(-1, n_features).std(axis=0, dtype=np.float64)
+            return Perturbation("noise", scales=tuple(float(relative * s) for s in stds))
+        scale = validation.positive_finite("noise_scale", noise_scale)
+        return Perturbation("noise", scales=(scale,) * n_features)
+    if kind == "permute":
+        if sample.shape[0] < 2:
+            raise InvalidParameterError("X", "must hold at least 2 series to permute", sample.shape[0])
+        return Perturbation("permute")
+    if ablate_value == "mean":
+        values = sample.reshape(-1, n_features).mean(axis=0, dtype=np.float64)
+    elif ablate_value == "zero":
+        values = np.zeros(n_features)
+    else:
+        try:
+            constant = float(ablate_value)
+        except (TypeError, ValueError):
+            constant = math.nan
+        if not math.isfinite(constant):
+            raise InvalidParameterError("ablate_value", "must be 'mean', 'zero' or a finite number", ablate_value)
+        values = np.full(n_features, constant)
+    return Perturbation("ablate", values=tuple(float(v) for v in values))
+
+
+def _n_outputs(model) -> int | None:
+    try:
+        shapes = [tuple(o.shape[1:]) for o in model.outputs]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if any(d is None for shape in shapes for d in shape):
+        return None
+    return int(sum(np.prod(shape, dtype=np.int64) for shape in shapes))
 
 
 def _check_model_fits(model, sample: np.ndarray) -> None:
@@ -112,8 +237,29 @@ def _check_model_fits(model, sample: np.ndarray) -> None:
     if len(expected) != 2 or any(e is not None and e != a for e, a in zip(expected, actual)):
         raise InvalidParameterError(
             "X", f"must match the model's input shape (series, {expected[0]}, {expected[-1]})",
-            f"shape {sample.shape}",
-        )
+            f"shape {sample.shape}")
+
+
+def resolve_metric(name: str, loss: str, y, model, n_series: int) -> tuple[Metric, np.ndarray | None]:
+    """The metric and, for loss-increase, labels as float32 (series, outputs)."""
+    if name not in METRICS:
+        raise InvalidParameterError("metric", f"must be one of {', '.join(METRICS)}", name)
+    if name != "loss-increase":
+        return Metric(name), None
+    if loss not in LOSSES:
+        raise InvalidParameterError("loss", f"must be one of {', '.join(LOSSES)}", loss)
+    if y is None:
+        raise InvalidParameterError("y", "labels are required for the loss-increase metric", None)
+    labels = np.asarray(y, dtype=np.float32)
+    labels = labels.reshape(labels.shape[0], -1) if labels.ndim else labels
+    n_outputs = _n_outputs(model)
+    if labels.ndim != 2 or labels.shape[0] != n_series or (n_outputs is not None and labels.shape[1] != n_outputs):
+        raise InvalidParameterError(
+            "y", f"must hold one label per model output for each of the {n_series} series "
+            f"({n_outputs} outputs)", f"shape {np.shape(y)}")
+    if not np.isfinite(labels).all():
+        raise InvalidParameterError("y", "must hold only finite values", "NaN or infinite labels")
+    return Metric(name, loss), labels
 
 
 def _resolve_executor(executor):
@@ -123,112 +269,284 @@ def _resolve_executor(executor):
         from .distributed import RayExecutor
 
         return RayExecutor()
-    if hasattr(executor, "evaluate"):
+    if hasattr(executor, "evaluate") and hasattr(executor, "baseline"):
         return executor
     raise InvalidParameterError("executor", "must be 'local', 'ray' or an executor object", executor)
+
+
+def data_fingerprint(sample: np.ndarray, labels: np.ndarray | None) -> str:
+    digest = hashlib.sha256(str(sample.shape).encode())
+    digest.update(memoryview(sample).cast("B"))
+    if labels is not None:
+        digest.update(memoryview(np.ascontiguousarray(labels)).cast("B"))
+    return digest.hexdigest()
+
+
+def halfwidths(effects: np.ndarray, confidence: float) -> np.ndarray:
+    """Half-width of each row's Student-t interval of the mean (rows, repeats; NaN = not run).
+
+    Rows with fewer than 2 effects get infinity (never tight enough).
+    """
+    bounds = stats.intervals(effects, confidence, "t")
+    return np.nan_to_num((bounds.high - bounds.low) / 2, nan=np.inf)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every option of an importance run, with its default.
+
+    n_repeats : repeats per target (>= 2, for the intervals); with
+        ``target_halfwidth``, the first wave.
+    first_repeat : index of the first repeat: runs of repeats 0..14 and
+        15..29 draw exactly the units of one run of 30 (see jobs.merge).
+    perturbation : ``"noise"`` (add N(0, noise_scale²), or noise_relative ×
+        the feature's standard deviation), ``"permute"`` (exchange a feature's
+        whole trajectory between series) or ``"ablate"`` (replace by
+        ``ablate_value``: "mean", "zero" or a number).
+    metric : ``"rms"`` or ``"mae"`` output change, or ``"loss-increase"``
+        (``loss`` "mse" or "binary-crossentropy" against labels ``y``,
+        (series, ...) with one label per model output).
+    groups : {name: [feature names or indexes]} perturbed jointly, reported
+        as extra rows after the features.
+    per_step : a (targets, steps) map: perturb at each time step t alone.
+    resample : each repeat also weights the series by a Poisson(1)
+        bootstrap draw, so intervals include the choice of series.
+    random_state : the one seed every draw derives from.
+    confidence, interval : level of the intervals; the bootstrap method
+        ("bca" where defined, else "percentile"; or "percentile", or "t").
+    target_halfwidth, relative, max_repeats, wave_repeats : adaptive
+        repeats: after the first wave, add waves of ``wave_repeats`` to the
+        targets whose t-interval half-width exceeds ``target_halfwidth``
+        (times |mean| if ``relative``), up to ``max_repeats``.
+    feature_names : one name per feature (default x1, x2, ...).
+    batch_size, shard_size : the model runs on batches of ``batch_size``
+        series; a unit of work covers ``shard_size`` series (a multiple of
+        ``batch_size``). Neither changes the effects.
+    jit_compile : compile the forward pass with XLA.
+    """
+
+    n_repeats: int = 30
+    first_repeat: int = 0
+    perturbation: str = "noise"
+    noise_scale: float = 0.2
+    noise_relative: float | None = None
+    ablate_value: str | float = "mean"
+    metric: str = "rms"
+    loss: str = "mse"
+    groups: Mapping[str, Sequence[str | int]] | None = None
+    per_step: bool = False
+    resample: bool = False
+    random_state: int = 0
+    confidence: float = 0.95
+    interval: str = "bca"
+    target_halfwidth: float | None = None
+    relative: bool = False
+    max_repeats: int | None = None
+    wave_repeats: int = 5
+    feature_names: Sequence[str] | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    shard_size: int = DEFAULT_SHARD_SIZE
+    jit_compile: bool = True
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated run: the options resolved against the model and the data."""
+
+    options: Options
+    sample: np.ndarray
+    labels: np.ndarray | None
+    names: list[str]
+    targets: list[Target]
+    steps: list[int | None]
+    settings: Settings
+    max_repeats: int | None
+    configuration: dict[str, Any]
+
+
+def prepare(model, X, y=None, options: Options = Options()) -> Request:
+    """Validate ``options`` against ``model`` and data ``X`` (and labels ``y``); no model runs.
+
+    Raises InvalidParameterError naming the option, the rule and the value.
+    """
+    o = options
+    n_repeats = validation.positive_int("n_repeats", o.n_repeats)
+    if n_repeats < 2:
+        raise InvalidParameterError("n_repeats", "must be at least 2 for a confidence interval", n_repeats)
+    validation.seed("random_state", o.random_state)
+    validation.seed("first_repeat", o.first_repeat)
+    confidence = validation.open_unit_interval("confidence", o.confidence)
+    if o.interval not in INTERVALS:
+        raise InvalidParameterError("interval", f"must be one of {', '.join(INTERVALS)}", o.interval)
+    validation.positive_int("batch_size", o.batch_size)
+    validation.positive_int("shard_size", o.shard_size)
+    validation.positive_int("wave_repeats", o.wave_repeats)
+    max_repeats = None
+    if o.target_halfwidth is not None:
+        validation.positive_finite("target_halfwidth", o.target_halfwidth)
+        max_repeats = validation.positive_int("max_repeats", o.max_repeats or 10 * n_repeats)
+        if max_repeats < n_repeats:
+            raise InvalidParameterError("max_repeats", f"must be at least n_repeats ({n_repeats})", max_repeats)
+    sample = validation.series_array("X", X)
+    _check_model_fits(model, sample)
+    n_samples, time_steps, n_features = sample.shape
+    names = _feature_names(o.feature_names, n_features)
+    targets = resolve_targets(names, o.groups)
+    perturb = resolve_perturbation(o.perturbation, sample, o.noise_scale, o.noise_relative, o.ablate_value)
+    measure, labels = resolve_metric(o.metric, o.loss, y, model, n_samples)
+    layout = Layout.for_sample(n_samples, o.batch_size, o.shard_size)
+    configuration = {
+        "perturbation": o.perturbation, "scales": list(perturb.scales), "ablate_values": list(perturb.values),
+        "metric": o.metric, "loss": o.loss if o.metric == "loss-increase" else None,
+        "n_repeats": n_repeats, "first_repeat": o.first_repeat, "noise_scale": o.noise_scale if o.perturbation == "noise" else None,
+        "noise_relative": o.noise_relative if o.perturbation == "noise" else None,
+        "groups": {t.name: [names[i] for i in t.features] for t in targets[n_features:]},
+        "per_step": o.per_step, "resample": o.resample, "confidence": confidence, "interval": o.interval,
+        "target_halfwidth": o.target_halfwidth, "relative": o.relative, "max_repeats": max_repeats,
+        "wave_repeats": o.wave_repeats, "n_samples": n_samples, "time_steps": time_steps,
+        "n_features": n_features, "feature_names": names, "batch_size": layout.batch_size,
+        "shard_size": layout.shard_size, "jit_compile": o.jit_compile,
+    }
+    steps: list[int | None] = list(range(time_steps)) if o.per_step else [None]
+    return Request(o, sample, labels, names, targets, steps,
+                   Settings(layout, perturb, measure, o.jit_compile), max_repeats, configuration)
 
 
 def sensitivity_importance(
     model,
     X: np.ndarray,
+    y: np.ndarray | None = None,
     *,
-    n_repeats: int = 30,
-    noise_scale: float = 0.2,
-    random_state: int = 0,
-    confidence: float = 0.95,
-    feature_names: Sequence[str] | None = None,
     executor: Any = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    jit_compile: bool = True,
     progress: bool = False,
+    checkpoint: str | None = None,
     metadata: dict[str, Any] | None = None,
+    **options: Any,
 ) -> ImportanceResult:
-    """Importance of each input feature of ``model`` by Gaussian-noise sensitivity.
+    """Importance of each input feature (or group) of ``model`` by perturbation.
 
-    For every feature f and repeat r, adds ``noise_scale * N(0, 1)`` to feature
-    f at every time step of every series of ``X`` (series, time, features),
-    runs the model and takes the root-mean-square change of all its outputs.
+    For every target f and repeat r, perturbs the features of f at every time
+    step (or, with ``per_step``, at each step alone) in every series of ``X``
+    (series, time, features), runs the model and measures the change of all
+    its outputs; by default the RMS change under N(0, 0.2²) noise.
 
-    Parameters
-    ----------
-    model : a Keras model taking (batch, time, features).
-    X : evaluation sample, array-like (series, time, features).
-    n_repeats : repeats per feature (>= 2, for the intervals).
-    noise_scale : standard deviation of the added noise (> 0).
-    random_state : the one seed every draw derives from.
-    confidence : level of the t and bootstrap intervals, in (0, 1).
-    feature_names : one name per feature (default x1, x2, ...).
-    executor : ``"local"`` (in-process, the default), ``"ray"`` (a pool of
-        Ray actors on the connected cluster) or an executor object such as
-        :class:`rnnimp.distributed.RayExecutor`. All give identical effects.
-    batch_size, shard_size : the model runs on batches of ``batch_size``
-        series; a unit of work covers ``shard_size`` series (a multiple of
-        ``batch_size``). Neither changes the effects beyond rounding.
-    jit_compile : compile the forward pass with XLA.
-    progress : show a progress bar over units of work.
-    metadata : extra provenance stored with the result (e.g. timings).
+    ``y``: labels (series, ...), one per model output, for the loss-increase
+    metric. ``options``: any field of :class:`Options` (n_repeats,
+    perturbation, noise_scale, metric, groups, per_step, resample,
+    random_state, confidence, interval, target_halfwidth, feature_names,
+    batch_size, shard_size, ...). ``executor``: ``"local"`` (in-process, the
+    default), ``"ray"``, or an executor such as
+    :class:`rnnimp.distributed.RayExecutor`; all give identical effects.
+    ``checkpoint``: an output location where finished units are kept, so a
+    rerun computes only what is missing. ``metadata``: extra provenance.
 
-    Returns
-    -------
-    ImportanceResult with ``effects`` of shape (features, repeats).
+    Returns an ImportanceResult with ``effects`` (targets, [steps,] repeats).
     """
-    n_repeats = validation.positive_int("n_repeats", n_repeats)
-    if n_repeats < 2:
-        raise InvalidParameterError("n_repeats", "must be at least 2 for a confidence interval", n_repeats)
-    noise_scale = validation.positive_finite("noise_scale", noise_scale)
-    random_state = validation.seed("random_state", random_state)
-    confidence = validation.open_unit_interval("confidence", confidence)
-    batch_size = validation.positive_int("batch_size", batch_size)
-    shard_size = validation.positive_int("shard_size", shard_size)
-    sample = validation.series_array("X", X)
-    _check_model_fits(model, sample)
-    n_samples, time_steps, n_features = sample.shape
-    names = _feature_names(feature_names, n_features)
-    layout = Layout.for_sample(n_samples, batch_size, shard_size)
+    try:
+        parsed = Options(**options)
+    except TypeError as error:
+        raise InvalidParameterError("options", "must be fields of rnnimp.api.Options", str(error)) from None
+    request = prepare(model, X, y, parsed)
+    return run(model, request, executor=executor, progress=progress, checkpoint=checkpoint, metadata=metadata)
+
+
+def run(model, request: Request, *, executor: Any = None, progress: bool = False,
+        checkpoint: str | None = None, metadata: dict[str, Any] | None = None) -> ImportanceResult:
+    """Evaluate a prepared request (see :func:`prepare`) on ``executor``."""
+    o, settings = request.options, request.settings
     runner = _resolve_executor(executor)
+    spec = ModelSpec.from_model(model)
+    store = None
+    finished: dict = {}
+    fingerprint_of_data = data_fingerprint(request.sample, request.labels)
+    if checkpoint is not None:
+        store = Checkpoint(checkpoint, {"configuration": request.configuration, "seed": o.random_state,
+                                        "job": (metadata or {}).get("job", {}),
+                                        "model_fingerprint": spec.fingerprint,
+                                        "data_fingerprint": fingerprint_of_data})
+        finished = store.open()
 
     started = time.perf_counter()
-    spec = ModelSpec.from_model(model)
-    targets = [(feature,) for feature in range(n_features)]
-    units = plan_units(random_state, targets, n_repeats, layout.shards)
-    job = EvaluationJob(spec, sample, layout, noise_scale, jit_compile)
-    sums: dict[tuple[int, int], list[np.ndarray]] = defaultdict(list)
-    for unit, batch_sums in _with_progress(runner.evaluate(job, units), len(units), progress):
-        sums[unit.target, unit.repeat].append(batch_sums)
+    job = EvaluationJob(spec, request.sample, request.labels, settings)
+    baseline = runner.baseline(job)
+    if request.labels is not None and request.labels.shape[1] != baseline.shape[1]:
+        raise InvalidParameterError("y", f"must hold one label per model output ({baseline.shape[1]})",
+                                    f"shape {request.labels.shape}")
+
+    sums: dict[tuple[int, int, int], list[np.ndarray]] = defaultdict(list)
+    cells = [(t, -1 if s is None else s) for t in range(len(request.targets)) for s in request.steps]
+    active = set(cells)
+    done_repeats, wave, n_units, from_checkpoint = 0, o.n_repeats, 0, 0
+    met = np.zeros(len(cells), dtype=bool)
+    while active and wave > 0:
+        repeats = range(o.first_repeat + done_repeats, o.first_repeat + done_repeats + wave)
+        units = [u for u in plan_units(o.random_state, request.targets, repeats, settings.layout.shards,
+                                       request.steps, o.resample)
+                 if (u.target, -1 if u.step is None else u.step) in active]
+        n_units += len(units)
+        todo = []
+        for unit in units:
+            uid = unit_id(unit)
+            if uid in finished:
+                sums[uid[:3]].append(finished[uid])
+                from_checkpoint += 1
+            else:
+                todo.append(unit)
+        for unit, batch_sums in _with_progress(runner.evaluate(job, baseline, todo), len(todo), progress):
+            sums[unit_id(unit)[:3]].append(batch_sums)
+            if store is not None:
+                store.record(unit, batch_sums)
+        done_repeats += wave
+        if o.target_halfwidth is None:
+            break
+        effects = _effects_matrix(sums, cells, o.first_repeat, done_repeats, settings.metric)
+        limit = o.target_halfwidth * (np.abs(np.nanmean(effects, axis=1)) if o.relative else 1.0)
+        met = halfwidths(effects, o.confidence) <= limit
+        active = {cell for cell, ok in zip(cells, met) if not ok}
+        wave = min(o.wave_repeats, request.max_repeats - done_repeats)
     evaluate_s = time.perf_counter() - started
 
-    n_outputs = int(np.prod(model.output_shape[1:]))
-    effects = np.array(
-        [[rms_effect(sums[target, repeat], n_samples * n_outputs) for repeat in range(n_repeats)]
-         for target in range(len(targets))]
-    )
-    summary = summarize(effects, confidence, generator(random_state, Stream.BOOTSTRAP))
+    effects = _effects_matrix(sums, cells, o.first_repeat, done_repeats, settings.metric)
+    summary = stats.summarize(effects, o.confidence, generator(o.random_state, Stream.BOOTSTRAP),
+                              interval=o.interval)
     run_metadata = {
-        "configuration": {
-            "method": "gaussian-noise sensitivity, RMS output change",
-            "n_repeats": n_repeats, "noise_scale": noise_scale, "confidence": confidence,
-            "n_samples": n_samples, "time_steps": time_steps, "n_features": n_features,
-            "feature_names": names, "batch_size": layout.batch_size, "shard_size": layout.shard_size,
-            "jit_compile": jit_compile,
-        },
-        "seed": random_state,
+        "configuration": request.configuration,
+        "seed": o.random_state,
         "model_fingerprint": spec.fingerprint,
+        "data_fingerprint": fingerprint_of_data,
         "executor": runner.name,
-        "n_units": len(units),
+        "n_units": n_units,
+        "units_from_checkpoint": from_checkpoint,
         "versions": library_versions(),
         "timings_s": {"evaluate": evaluate_s, **getattr(runner, "timings", {})},
     }
+    if o.target_halfwidth is not None:
+        run_metadata["adaptive"] = {"met": met.tolist(), "repeats_used": summary.n_repeats.tolist()}
     for key, value in (metadata or {}).items():
         if isinstance(value, dict) and isinstance(run_metadata.get(key), dict):
             run_metadata[key] = {**run_metadata[key], **value}
         else:
             run_metadata[key] = value
-    return ImportanceResult(names, effects, summary, confidence, run_metadata)
+    n_targets, time_steps = len(request.targets), request.sample.shape[1]
+    shape = (n_targets, time_steps, done_repeats) if o.per_step else (n_targets, done_repeats)
+    return ImportanceResult(
+        [t.name for t in request.targets], [[request.names[i] for i in t.features] for t in request.targets],
+        effects.reshape(shape), summary, o.confidence, run_metadata, store)
+
+
+def _effects_matrix(sums, cells, first_repeat: int, n_repeats: int, metric: Metric) -> np.ndarray:
+    """(cells, repeats) effects from the collected sums; NaN where a repeat was not run."""
+    effects = np.full((len(cells), n_repeats), np.nan)
+    for row, (target, step) in enumerate(cells):
+        for column in range(n_repeats):
+            pieces = sums.get((target, step, first_repeat + column))
+            if pieces:
+                effects[row, column] = effect(pieces, metric)
+    return effects
 
 
 def _with_progress(results, total: int, enabled: bool):
-    if not enabled:
+    if not enabled or total == 0:
         yield from results
         return
     from tqdm import tqdm

@@ -1,21 +1,26 @@
 """Running the units of work on Ray: the only module that imports ``ray``.
 
-The driver puts the model and the evaluation sample in the object store once
-and passes their references to a pool of actors, one CPU each, that hold a
-compiled model. A bounded number of units is in flight per actor; results are
-consumed as they finish with ``ray.wait``. Actors are restarted if their
-process dies and their unfinished tasks are retried; since every unit carries
-its own seed, a retried unit recomputes exactly the same numbers.
+The driver puts the model, the evaluation sample (and labels) and the
+baseline predictions in the object store once and passes their references to
+a pool of actors, one CPU each, that hold a compiled model. A bounded number
+of units is in flight per actor; results are consumed as they finish with
+``ray.wait``. When an actor dies (its process killed, its node lost), the
+units it held go back to the queue for the other actors and a replacement
+actor is started, which joins the pool once Ray can place it. Every unit
+carries its own seed, so a unit computed twice gives the same numbers.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
+import numpy as np
 import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from .errors import InvalidParameterError
 from .method import Unit
@@ -31,6 +36,7 @@ WORKER_ENV = {
     "TF_NUM_INTEROP_THREADS": "1",
     "OMP_NUM_THREADS": "1",
 }
+_LOST_ACTOR = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
 def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str:
@@ -38,7 +44,8 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
 
     Returns a description of where the job runs. The embedded Ray is bound
     to 127.0.0.1, has no dashboard and never attaches to another cluster
-    running on the machine.
+    running on the machine. An unreachable ``RAY_ADDRESS`` raises
+    InvalidParameterError after about ``connect_timeout_s`` seconds.
     """
     if ray.is_initialized():
         return "existing Ray connection"
@@ -48,10 +55,10 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
             log.warning("--num-cpus is ignored when attaching to RAY_ADDRESS=%s", address)
         os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", str(int(connect_timeout_s)))
         try:
-            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, TimeoutError) as error:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, TimeoutError, ValueError) as error:
             raise InvalidParameterError(
-                "RAY_ADDRESS", f"must name a reachable Ray cluster ({error})", address
+                "RAY_ADDRESS", f"must name a reachable Ray cluster ({type(error).__name__})", address
             ) from None
         return f"Ray cluster at {address}"
     ray.init(
@@ -67,14 +74,17 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-@ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)
+@ray.remote(num_cpus=1)
 class _EvaluationWorker:
-    """Holds one compiled model per fingerprint for the life of its process."""
+    """Holds one compiled model per architecture for the life of its process."""
 
     def __init__(self) -> None:
         from .modelio import configure_tensorflow
 
         configure_tensorflow(threads=1)  # imports TF now, overlapping the driver's work
+
+    def ready(self) -> int:
+        return os.getpid()
 
     def warm_up(self, architecture_json, batch_size, time_steps, n_features, jit_compile) -> None:
         warm_up(architecture_json, batch_size, time_steps, n_features, jit_compile)
@@ -83,46 +93,123 @@ class _EvaluationWorker:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
                 "peak_rss_bytes": peak_rss_bytes()}
 
-    def predict_shard(self, model, sample, layout, shard, jit_compile):
-        return predict_shard(model, sample, layout, shard, jit_compile)
+    def predict_shard(self, model, sample, settings, shard):
+        return predict_shard(model, sample, settings, shard)
 
-    def unit_sums(self, model, sample, baseline, layout, unit, noise_scale, jit_compile):
-        return unit_sums(model, sample, baseline, layout, unit, noise_scale, jit_compile)
+    def unit_sums(self, model, sample, baseline, labels, settings, unit):
+        return unit_sums(model, sample, baseline, labels, settings, unit)
 
 
-def run_on_pool(
-    actors: list, tasks: Iterable[Task], submit: Callable[[object, Task], "ray.ObjectRef"],
-    per_actor: int = 2,
-) -> Iterator[tuple[Task, "ray.ObjectRef"]]:
-    """Submit ``tasks`` to ``actors`` keeping at most ``per_actor`` in flight on each.
+class ActorPool:
+    """A fixed-size pool of evaluation actors that replaces members it loses."""
 
-    Yields ``(task, finished ref)`` in completion order; each finished actor
-    immediately gets the next task.
-    """
-    pending = iter(tasks)
-    in_flight: dict = {}
+    def __init__(self, size: int, stall_timeout_s: float = 600.0) -> None:
+        self.size = size
+        self.stall_timeout_s = stall_timeout_s
+        self.live: list = []
+        self.joining: dict = {}  # ready ref -> actor not yet placed or started
+        self.setup_calls: list[Callable] = []  # replayed on every new actor (warm-up)
+        self.replaced = 0
+        for _ in range(size):
+            self._add_actor()
 
-    def give_next(actor) -> None:
-        task = next(pending, None)
-        if task is not None:
-            in_flight[submit(actor, task)] = (actor, task)
+    def _add_actor(self) -> None:
+        actor = _EvaluationWorker.options(runtime_env={"env_vars": WORKER_ENV}).remote()
+        for call in self.setup_calls:
+            call(actor)
+        self.joining[actor.ready.remote()] = actor
 
-    for actor in actors:
-        for _ in range(per_actor):
-            give_next(actor)
-    while in_flight:
-        (ready,), _ = ray.wait(list(in_flight), num_returns=1)
-        actor, task = in_flight.pop(ready)
-        yield task, ready
-        give_next(actor)
+    def setup(self, call: Callable) -> list:
+        """Run ``call(actor)`` on every member now and on every future replacement."""
+        self.setup_calls.append(call)
+        return [call(actor) for actor in self.live + list(self.joining.values())]
+
+    def wait_until_ready(self) -> None:
+        ray.get(list(self.joining))
+        self.live.extend(self.joining.values())
+        self.joining.clear()
+
+    def _lose(self, actor) -> None:
+        if actor in self.live:
+            self.live.remove(actor)
+            ray.kill(actor, no_restart=True)
+            self.replaced += 1
+            log.warning("a worker was lost; its units are resubmitted and a replacement started")
+            self._add_actor()
+
+    def run(self, tasks: Iterable[Task], submit: Callable[[object, Task], "ray.ObjectRef"],
+            per_actor: int = 2) -> Iterator[tuple[Task, object]]:
+        """Yield ``(task, result)`` in completion order, at most ``per_actor`` in flight per actor.
+
+        A task whose actor dies is resubmitted to another actor.
+        """
+        pending = collections.deque(tasks)  # resubmitted tasks go back to the front
+        in_flight: dict = {}  # ref -> (actor, task)
+        load: collections.Counter = collections.Counter()
+
+        def next_task():
+            return pending.popleft() if pending else None
+
+        def fill(actor) -> None:
+            while load[actor] < per_actor:
+                task = next_task()
+                if task is None:
+                    return
+                in_flight[submit(actor, task)] = (actor, task)
+                load[actor] += 1
+
+        for actor in self.live:
+            fill(actor)
+        last_progress = time.monotonic()
+        while in_flight or pending:
+            waiting = list(in_flight) + list(self.joining)
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=10.0)
+            if not ready:
+                if time.monotonic() - last_progress > self.stall_timeout_s:
+                    raise RuntimeError(f"no worker made progress for {self.stall_timeout_s:.0f} s "
+                                       f"({len(self.live)} live, {len(self.joining)} waiting for resources)")
+                continue
+            last_progress = time.monotonic()
+            ref = ready[0]
+            if ref in self.joining:
+                actor = self.joining.pop(ref)
+                try:
+                    ray.get(ref)
+                except _LOST_ACTOR:
+                    self._add_actor()
+                    continue
+                self.live.append(actor)
+                fill(actor)
+                continue
+            actor, task = in_flight.pop(ref)
+            load[actor] -= 1
+            try:
+                result = ray.get(ref)
+            except _LOST_ACTOR:
+                pending.appendleft(task)
+                lost = [r for r, (a, _) in in_flight.items() if a is actor]
+                for other in lost:  # its other units fail too; requeue them now
+                    pending.appendleft(in_flight.pop(other)[1])
+                load[actor] = 0
+                self._lose(actor)
+                for survivor in self.live:
+                    fill(survivor)
+                continue
+            yield task, result
+            fill(actor)
+
+    def shutdown(self) -> None:
+        for actor in self.live + list(self.joining.values()):
+            ray.kill(actor)
+        self.live, self.joining = [], {}
 
 
 class RayExecutor:
     """Runs units on a pool of Ray actors, one CPU each.
 
-    ``num_workers`` defaults to the cluster's CPU count. Call :meth:`start`
-    early (before training) to overlap the workers' TensorFlow start-up with
-    the driver's own work.
+    ``num_workers`` defaults to the cluster's CPU count. Call :meth:`warm_up`
+    early (before training) to overlap the workers' TensorFlow start-up and
+    compilation with the driver's own work.
     """
 
     name = "ray"
@@ -130,66 +217,80 @@ class RayExecutor:
     def __init__(self, num_workers: int | None = None, per_worker_in_flight: int = 2) -> None:
         self.num_workers = num_workers
         self.per_worker_in_flight = per_worker_in_flight
-        self.actors: list = []
+        self.pool: ActorPool | None = None
         self.timings: dict[str, float] = {}
         self._warm_up_refs: list = []
+        self._job: EvaluationJob | None = None
+        self._job_refs: tuple = ()
+        self._baseline: tuple | None = None
+
+    @property
+    def actors(self) -> list:
+        return [] if self.pool is None else self.pool.live + list(self.pool.joining.values())
 
     def start(self) -> "RayExecutor":
-        if not self.actors:
+        if self.pool is None:
             if not ray.is_initialized():
                 connect()
             count = self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            options = {"runtime_env": {"env_vars": WORKER_ENV}}
-            self.actors = [_EvaluationWorker.options(**options).remote() for _ in range(count)]
+            self.pool = ActorPool(count)
         return self
 
     def warm_up(self, architecture_json: str, batch_size: int, time_steps: int, n_features: int,
                 jit_compile: bool = True) -> "RayExecutor":
         """Have every worker build and compile this architecture now, in the background."""
         self.start()
-        self._warm_up_refs = [
-            actor.warm_up.remote(architecture_json, batch_size, time_steps, n_features, jit_compile)
-            for actor in self.actors
-        ]
+        self._warm_up_refs = self.pool.setup(
+            lambda actor: actor.warm_up.remote(architecture_json, batch_size, time_steps, n_features, jit_compile))
         return self
 
     def worker_stats(self) -> list[dict]:
-        """Pid, node and peak RSS of every worker."""
-        return ray.get([actor.stats.remote() for actor in self.actors])
+        """Pid, node and peak RSS of every live worker."""
+        return ray.get([actor.stats.remote() for actor in self.pool.live])
 
-    def evaluate(self, job: EvaluationJob, units: list[Unit]) -> Iterator[tuple[Unit, object]]:
-        """Yield ``(unit, per-batch sums)`` as units finish, in completion order."""
-        self.start()
-        started = time.perf_counter()
-        ray.get(self._warm_up_refs)
-        self.timings["wait_workers"] = time.perf_counter() - started
-        started = time.perf_counter()
-        model_ref = ray.put(job.model)
-        sample_ref = ray.put(job.sample)
-        self.timings["broadcast"] = time.perf_counter() - started
+    def _refs(self, job: EvaluationJob) -> tuple:
+        """Object refs of the job's model, sample and labels, put once per job."""
+        if self._job is not job:
+            started = time.perf_counter()
+            self.start()
+            self.pool.wait_until_ready()
+            ray.get(self._warm_up_refs)
+            self.timings["wait_workers"] = time.perf_counter() - started
+            started = time.perf_counter()
+            labels_ref = None if job.labels is None else ray.put(job.labels)
+            self._job, self._job_refs = job, (ray.put(job.model), ray.put(job.sample), labels_ref)
+            self.timings["broadcast"] = time.perf_counter() - started
+            self.timings["units"] = 0.0
+        return self._job_refs
 
+    def baseline(self, job: EvaluationJob) -> np.ndarray:
+        """Predictions of the whole sample, computed by the workers: float32 (series, outputs)."""
+        model_ref, sample_ref, _ = self._refs(job)
         started = time.perf_counter()
-        baseline_refs = dict(
-            (shard.index, ref) for shard, ref in run_on_pool(
-                self.actors, job.layout.shards,
-                lambda actor, shard: actor.predict_shard.remote(
-                    model_ref, sample_ref, job.layout, shard, job.jit_compile),
-                self.per_worker_in_flight,
-            )
-        )
+        pieces = dict(self.pool.run(
+            job.settings.layout.shards,
+            lambda actor, shard: actor.predict_shard.remote(model_ref, sample_ref, job.settings, shard),
+            self.per_worker_in_flight,
+        ))
+        baseline = np.concatenate([pieces[shard] for shard in job.settings.layout.shards])
         self.timings["baseline"] = time.perf_counter() - started
+        return baseline
+
+    def evaluate(self, job: EvaluationJob, baseline: np.ndarray, units: list[Unit]) -> Iterator[tuple[Unit, object]]:
+        """Yield ``(unit, per-batch sums)`` as units finish, in completion order."""
+        model_ref, sample_ref, labels_ref = self._refs(job)
+        if self._baseline is None or self._baseline[0] is not baseline:
+            self._baseline = (baseline, ray.put(baseline))
+        baseline_ref = self._baseline[1]
 
         def submit(actor, unit: Unit):
-            return actor.unit_sums.remote(
-                model_ref, sample_ref, baseline_refs[unit.shard.index], job.layout, unit,
-                job.noise_scale, job.jit_compile)
+            return actor.unit_sums.remote(model_ref, sample_ref, baseline_ref, labels_ref, job.settings, unit)
 
         started = time.perf_counter()
-        for unit, ref in run_on_pool(self.actors, units, submit, self.per_worker_in_flight):
-            yield unit, ray.get(ref)
-        self.timings["units"] = time.perf_counter() - started
+        yield from self.pool.run(units, submit, self.per_worker_in_flight)
+        self.timings["units"] += time.perf_counter() - started
 
     def shutdown(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None

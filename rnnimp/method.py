@@ -1,19 +1,23 @@
-"""The method: perturb one feature, run the model, measure the RMS change.
+"""The method: perturb one feature, run the model, measure how the output changes.
 
-For a unit (feature f, repeat r) the effect is
+For a unit (target f, repeat r) the effect with the default metric is
 
-    effect[f, r] = sqrt( mean over samples s, outputs o of (ŷ_f,r[s, o] − ŷ[s, o])² )
+    effect[f, r] = sqrt( Σ_s w_s Σ_o (ŷ_f,r[s, o] − ŷ[s, o])² / (Σ_s w_s · outputs) )
 
 where ŷ are the model's predictions on the evaluation sample X (series, time,
-features) and ŷ_f,r its predictions with ``noise_scale * N(0, 1)`` noise added
-to feature f at every time step, drawn from the counter-based stream of
-(seed, f, r) (see :mod:`rnnimp.perturb`).
+features), ŷ_f,r its predictions with the features of target f perturbed with
+repeat r's random draws (see :mod:`rnnimp.perturb`), and w_s = 1, or a
+Poisson(1) bootstrap weight per series when repeats also resample the series.
+Other metrics replace the squared change by the absolute change (``mae``) or
+by the increase of the loss against labels (``loss-increase``), and drop the
+square root.
 
-Work is split into shards of whole batches. A shard returns one float64 sum of
-squared changes per batch; the effect adds those sums exactly (``math.fsum``),
-so it is bit-identical whatever the shard size or the number of workers. The
-model always runs on batches of the same fixed size (the last one padded), so
-each sample's prediction does not depend on how the work was split either.
+Work is split into shards of whole batches. A shard returns, per batch, the
+weighted sum of the metric's terms and the weighted count of values; the
+effect adds those exactly (``math.fsum``), so it is bit-identical whatever the
+shard size or the number of workers. The model always runs on batches of the
+same fixed size (the last one padded), so each sample's prediction does not
+depend on how the work was split either.
 """
 
 from __future__ import annotations
@@ -25,8 +29,12 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import InvalidParameterError
-from .perturb import add_noise_inplace, sample_noise
-from .seeding import noise_key
+from .perturb import Perturbation, bootstrap_weights, perturb_batch, permutation
+from .seeding import noise_key, resample_key
+
+METRICS = ("rms", "mae", "loss-increase")
+LOSSES = ("mse", "binary-crossentropy")
+_BCE_EPSILON = 1e-7  # Keras' clipping of probabilities in binary cross-entropy
 
 
 @dataclass(frozen=True)
@@ -39,18 +47,54 @@ class Shard:
 
 
 @dataclass(frozen=True)
-class Unit:
-    """One unit of work: perturb ``features`` with repeat ``repeat``'s noise on one shard.
+class Target:
+    """What one result row perturbs: one feature, or a group of features jointly."""
 
-    ``target`` indexes the row of the result (a feature, or later a group);
-    ``key`` is the Philox key of the noise, plain integers.
+    name: str
+    features: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: perturb ``features`` (at ``step`` or every step) on one shard.
+
+    ``target`` indexes the result row; ``key`` is the Philox key of the noise
+    or permutation and ``resample`` that of the bootstrap weights (or None),
+    plain integers.
     """
 
     target: int
     features: tuple[int, ...]
+    step: int | None
     repeat: int
     shard: Shard
     key: tuple[int, int]
+    resample: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How a change of the predictions becomes an effect."""
+
+    name: str = "rms"
+    loss: str | None = None
+
+    def terms(self, perturbed: np.ndarray, baseline: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        """Per-value terms (rows, outputs) float64 whose weighted mean is the effect (before finalize)."""
+        if self.name == "rms":
+            return np.square(perturbed - baseline)
+        if self.name == "mae":
+            return np.abs(perturbed - baseline)
+        return self._loss(labels, perturbed) - self._loss(labels, baseline)
+
+    def _loss(self, labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+        if self.loss == "mse":
+            return np.square(labels - predictions)
+        p = np.clip(predictions, _BCE_EPSILON, 1.0 - _BCE_EPSILON)
+        return -(labels * np.log(p) + (1.0 - labels) * np.log(1.0 - p))
+
+    def finalize(self, mean_term: float) -> float:
+        return math.sqrt(mean_term) if self.name == "rms" else mean_term
 
 
 @dataclass(frozen=True)
@@ -79,29 +123,28 @@ class Layout:
             for index, start in enumerate(range(0, self.n_samples, self.shard_size))
         ]
 
-    @property
-    def n_batches(self) -> int:
-        return math.ceil(self.n_samples / self.batch_size)
-
 
 def plan_units(
-    seed: int, targets: Sequence[tuple[int, ...]], n_repeats: int, shards: Sequence[Shard],
-    first_repeat: int = 0,
+    seed: int, targets: Sequence[Target], repeats: Iterable[int], shards: Sequence[Shard],
+    steps: Sequence[int | None] = (None,), resample: bool = False,
 ) -> list[Unit]:
-    """All units for ``targets`` (tuples of feature indices) × repeats × shards."""
-    return [
-        Unit(target, features, repeat, shard, noise_key(seed, target, repeat))
-        for repeat in range(first_repeat, first_repeat + n_repeats)
-        for target, features in enumerate(targets)
-        for shard in shards
-    ]
+    """All units for ``targets`` × ``steps`` × ``repeats`` × ``shards``, repeat-major."""
+    units = []
+    for repeat in repeats:
+        weights_key = resample_key(seed, repeat) if resample else None
+        for index, target in enumerate(targets):
+            for step in steps:
+                key = noise_key(seed, index, repeat) if step is None else noise_key(seed, index, repeat, step)
+                units.extend(Unit(index, target.features, step, repeat, shard, key, weights_key)
+                             for shard in shards)
+    return units
 
 
 class ShardEvaluator:
     """Runs a model on fixed-size batches of a sample, plain or perturbed.
 
     ``forward`` maps a float32 batch (batch_size, time, features) to
-    predictions of any shape with leading dimension batch_size.
+    predictions (batch_size, outputs).
     """
 
     def __init__(self, forward: Callable[[np.ndarray], np.ndarray], batch_size: int,
@@ -109,56 +152,81 @@ class ShardEvaluator:
         self.forward = forward
         self.batch_size = batch_size
         self._buffer = np.zeros((batch_size, time_steps, n_features), dtype=np.float32)
+        self._permutation: tuple[tuple, np.ndarray] | None = None
 
     def _batches(self, shard: Shard) -> Iterable[tuple[int, int]]:
         for start in range(shard.start, shard.stop, self.batch_size):
             yield start, min(start + self.batch_size, shard.stop)
+
+    def _load(self, sample: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Copy ``sample[start:stop]`` into the zero-padded batch buffer; return its filled rows."""
+        rows = stop - start
+        self._buffer[:rows] = sample[start:stop]
+        self._buffer[rows:] = 0.0
+        return self._buffer[:rows]
 
     def _run(self, rows: int) -> np.ndarray:
         """Model outputs for the first ``rows`` rows of the buffer, as (rows, outputs)."""
         outputs = np.asarray(self.forward(self._buffer))
         return outputs.reshape(self.batch_size, -1)[:rows]
 
+    def _sources(self, key: tuple[int, int], n_samples: int) -> np.ndarray:
+        if self._permutation is None or self._permutation[0] != (key, n_samples):
+            self._permutation = ((key, n_samples), permutation(key, n_samples))
+        return self._permutation[1]
+
     def predict(self, sample: np.ndarray, shard: Shard) -> np.ndarray:
         """Predictions for ``sample[shard]``: float32 (shard rows, outputs)."""
         pieces = []
         for start, stop in self._batches(shard):
-            rows = stop - start
-            self._buffer[:rows] = sample[start:stop]
-            self._buffer[rows:] = 0.0
-            pieces.append(self._run(rows))
+            self._load(sample, start, stop)
+            pieces.append(self._run(stop - start))
         return np.concatenate(pieces)
 
-    def squared_change_sums(
-        self, sample: np.ndarray, baseline: np.ndarray, unit: Unit, noise_scale: float
+    def unit_sums(
+        self, sample: np.ndarray, baseline: np.ndarray, labels: np.ndarray | None, unit: Unit,
+        perturbation: Perturbation, metric: Metric,
     ) -> np.ndarray:
-        """Per-batch sums of (ŷ_perturbed − ŷ)² over the unit's shard.
+        """Per-batch weighted sums of the metric's terms and weighted counts of values.
 
         ``sample``: the whole evaluation sample (series, time, features), never
-        modified; ``baseline``: predictions of the shard (shard rows, outputs).
-        Returns float64 of shape (batches in shard,).
+        modified; ``baseline``: predictions of the whole sample (series,
+        outputs); ``labels``: (series, outputs) or None. Returns float64
+        (batches in shard, 2): column 0 the sums, column 1 the counts.
         """
-        time_steps = sample.shape[1]
-        sums = []
-        for start, stop in self._batches(unit.shard):
-            rows = stop - start
-            self._buffer[:rows] = sample[start:stop]
-            self._buffer[rows:] = 0.0
-            noise = sample_noise(unit.key, start, rows, time_steps, len(unit.features))
-            add_noise_inplace(self._buffer[:rows], unit.features, noise, noise_scale)
-            change = self._run(rows).astype(np.float64) - baseline[start - unit.shard.start:stop - unit.shard.start]
-            sums.append(float(np.einsum("ij,ij->", change, change)))
-        return np.asarray(sums, dtype=np.float64)
+        sources = self._sources(unit.key, len(sample)) if perturbation.kind == "permute" else None
+        sums = np.empty((math.ceil((unit.shard.stop - unit.shard.start) / self.batch_size), 2))
+        for index, (start, stop) in enumerate(self._batches(unit.shard)):
+            batch = self._load(sample, start, stop)
+            perturb_batch(batch, sample, start, unit.features, unit.step, perturbation, unit.key, sources)
+            perturbed = self._run(stop - start).astype(np.float64)
+            terms = metric.terms(perturbed, baseline[start:stop],
+                                 None if labels is None else labels[start:stop])
+            if unit.resample is None:
+                sums[index] = math.fsum(terms.sum(axis=1)), terms.size
+            else:
+                weights = bootstrap_weights(unit.resample, start, stop - start)
+                sums[index] = math.fsum((terms * weights[:, None]).sum(axis=1)), weights.sum() * terms.shape[1]
+        return sums
 
 
-def rms_effect(batch_sums: Iterable[np.ndarray], n_values: int) -> float:
-    """RMS change from per-batch squared sums: sqrt(exact sum / n_values)."""
-    return math.sqrt(math.fsum(np.concatenate(list(batch_sums))) / n_values)
+def effect(batch_sums: Iterable[np.ndarray], metric: Metric) -> float:
+    """The effect of one (target, step, repeat) from the per-batch sums of its shards."""
+    stacked = np.concatenate(list(batch_sums))
+    return metric.finalize(math.fsum(stacked[:, 0]) / math.fsum(stacked[:, 1]))
 
 
 def keras_forward(model, jit_compile: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """``model(x, training=False)`` wrapped in one ``tf.function``, returning numpy."""
+    """``model(x, training=False)`` in one ``tf.function``: (batch, outputs) numpy.
+
+    Models with several outputs have them flattened and concatenated.
+    """
     import tensorflow as tf
 
-    call = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile, reduce_retracing=True)
-    return lambda batch: call(batch).numpy()
+    def call(batch):
+        outputs = tf.nest.flatten(model(batch, training=False))
+        rows = tf.shape(batch)[0]
+        return tf.concat([tf.reshape(tf.cast(o, tf.float32), [rows, -1]) for o in outputs], axis=1)
+
+    compiled = tf.function(call, jit_compile=jit_compile, reduce_retracing=True)
+    return lambda batch: compiled(batch).numpy()

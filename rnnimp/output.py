@@ -17,6 +17,10 @@ METADATA_KEY = b"rnnimp"
 EFFECTS_FILE = "effects.parquet"
 SUMMARY_FILE = "summary.parquet"
 MODEL_FILE = "model.keras"
+COMPARISONS_FILE = "comparisons.parquet"
+RANKS_FILE = "rank_probabilities.parquet"
+CHART_FILE = "effects.png"
+RESULT_FILES = (EFFECTS_FILE, SUMMARY_FILE, MODEL_FILE, COMPARISONS_FILE, RANKS_FILE, CHART_FILE)
 
 
 def resolve(out: str) -> tuple[pafs.FileSystem, str]:
@@ -75,10 +79,11 @@ def write_table(table: pa.Table, out: str, name: str) -> str:
     return final_path
 
 
-def write_bytes(data: bytes, out: str, name: str) -> str:
+def write_bytes(data: bytes, out: str, name: str, create_dir: bool = True) -> str:
     """Write ``data`` as ``out/name`` atomically; return the final path."""
     filesystem, folder = resolve(out)
-    filesystem.create_dir(folder, recursive=True)
+    if create_dir:
+        filesystem.create_dir(folder, recursive=True)
     final_path = f"{folder}/{name}"
 
     def write(path: str) -> None:

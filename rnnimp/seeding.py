@@ -22,6 +22,7 @@ class Stream(enum.IntEnum):
     NOISE = 3
     BOOTSTRAP = 4
     WEIGHT_INIT = 5
+    RESAMPLE = 6
 
 
 def seed_sequence(seed: int, stream: Stream, *ids: int) -> np.random.SeedSequence:
@@ -39,11 +40,23 @@ def int_seed(seed: int, stream: Stream, *ids: int) -> int:
     return int(seed_sequence(seed, stream, *ids).generate_state(1, np.uint32)[0] >> 1)
 
 
-def noise_key(seed: int, unit_id: int, repeat: int) -> tuple[int, int]:
-    """The Philox key of the noise of perturbation ``unit_id`` at ``repeat``.
-
-    ``unit_id`` is the perturbed feature (or group) index. Returns two plain
-    64-bit integers.
-    """
-    words = seed_sequence(seed, Stream.NOISE, unit_id, repeat).generate_state(2, np.uint64)
+def _philox_key(sequence: np.random.SeedSequence) -> tuple[int, int]:
+    words = sequence.generate_state(2, np.uint64)
     return int(words[0]), int(words[1])
+
+
+def noise_key(seed: int, unit_id: int, repeat: int, *extra: int) -> tuple[int, int]:
+    """The Philox key of the noise (or permutation) of ``unit_id`` at ``repeat``.
+
+    ``unit_id`` is the perturbed feature (or group) index; ``extra`` ids
+    refine it (the time step of a time-step map). Two plain 64-bit integers.
+    """
+    return _philox_key(seed_sequence(seed, Stream.NOISE, unit_id, repeat, *extra))
+
+
+def resample_key(seed: int, repeat: int) -> tuple[int, int]:
+    """The Philox key of the bootstrap weights of the series at ``repeat``.
+
+    The same for every feature, so features of one repeat see one resample.
+    """
+    return _philox_key(seed_sequence(seed, Stream.RESAMPLE, repeat))

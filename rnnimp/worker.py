@@ -15,22 +15,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .method import Layout, Shard, ShardEvaluator, Unit, keras_forward
+from .method import Layout, Metric, Shard, ShardEvaluator, Unit, keras_forward
 from .modelio import ModelSpec
+from .perturb import Perturbation
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The small, fixed settings every unit of a run shares (passed by value)."""
+
+    layout: Layout
+    perturbation: Perturbation
+    metric: Metric
+    jit_compile: bool = True
 
 
 @dataclass(frozen=True)
 class EvaluationJob:
-    """Everything a unit needs besides its own fields.
-
-    ``sample``: the evaluation sample (series, time, features) float32.
-    """
+    """A run's data: ``sample`` (series, time, features) float32, ``labels`` (series, outputs) or None."""
 
     model: ModelSpec
     sample: np.ndarray
-    layout: Layout
-    noise_scale: float
-    jit_compile: bool = True
+    labels: np.ndarray | None
+    settings: Settings
 
 
 @dataclass
@@ -63,27 +70,26 @@ def warm_up(architecture_json: str, batch_size: int, time_steps: int, n_features
     _cached(architecture_json, batch_size, time_steps, n_features, jit_compile)
 
 
-def evaluator_for(model: ModelSpec, layout: Layout, sample_shape: tuple[int, ...],
-                  jit_compile: bool) -> ShardEvaluator:
+def evaluator_for(model: ModelSpec, settings: Settings, sample_shape: tuple[int, ...]) -> ShardEvaluator:
     """This process's evaluator for ``model`` at the layout's batch size, holding its weights."""
-    cached = _cached(model.architecture_json, layout.batch_size, sample_shape[1], sample_shape[2], jit_compile)
+    cached = _cached(model.architecture_json, settings.layout.batch_size, sample_shape[1], sample_shape[2],
+                     settings.jit_compile)
     if cached.fingerprint != model.fingerprint:
         cached.model.set_weights(list(model.weights))
         cached.fingerprint = model.fingerprint
     return cached.evaluator
 
 
-def predict_shard(model: ModelSpec, sample: np.ndarray, layout: Layout, shard: Shard,
-                  jit_compile: bool) -> np.ndarray:
+def predict_shard(model: ModelSpec, sample: np.ndarray, settings: Settings, shard: Shard) -> np.ndarray:
     """Unperturbed predictions of one shard: float32 (shard rows, outputs)."""
-    return evaluator_for(model, layout, sample.shape, jit_compile).predict(sample, shard)
+    return evaluator_for(model, settings, sample.shape).predict(sample, shard)
 
 
-def unit_sums(model: ModelSpec, sample: np.ndarray, baseline: np.ndarray, layout: Layout,
-              unit: Unit, noise_scale: float, jit_compile: bool) -> np.ndarray:
-    """Per-batch sums of squared prediction changes of one unit: float64 (batches,)."""
-    evaluator = evaluator_for(model, layout, sample.shape, jit_compile)
-    return evaluator.squared_change_sums(sample, baseline, unit, noise_scale)
+def unit_sums(model: ModelSpec, sample: np.ndarray, baseline: np.ndarray, labels: np.ndarray | None,
+              settings: Settings, unit: Unit) -> np.ndarray:
+    """Per-batch weighted sums and counts of one unit: float64 (batches, 2)."""
+    evaluator = evaluator_for(model, settings, sample.shape)
+    return evaluator.unit_sums(sample, baseline, labels, unit, settings.perturbation, settings.metric)
 
 
 def peak_rss_bytes() -> int:
@@ -96,12 +102,15 @@ class LocalExecutor:
 
     name = "local"
 
-    def evaluate(self, job: EvaluationJob, units: list[Unit]):
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def baseline(self, job: EvaluationJob) -> np.ndarray:
+        """Predictions of the whole sample: float32 (series, outputs)."""
+        return np.concatenate([predict_shard(job.model, job.sample, job.settings, shard)
+                               for shard in job.settings.layout.shards])
+
+    def evaluate(self, job: EvaluationJob, baseline: np.ndarray, units: list[Unit]):
         """Yield ``(unit, per-batch sums)`` for each unit, in plan order."""
-        baselines = {
-            shard.index: predict_shard(job.model, job.sample, job.layout, shard, job.jit_compile)
-            for shard in job.layout.shards
-        }
         for unit in units:
-            yield unit, unit_sums(job.model, job.sample, baselines[unit.shard.index], job.layout,
-                                  unit, job.noise_scale, job.jit_compile)
+            yield unit, unit_sums(job.model, job.sample, baseline, job.labels, job.settings, unit)

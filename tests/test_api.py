@@ -57,7 +57,7 @@ def test_write_produces_readable_parquet_with_provenance(linear_model, sample, t
                                     metadata={"job_configuration": {"note": "test"}})
     paths = result.write(str(tmp_path / "out"), model_bytes=b"not really a model")
     effects = pq.read_table(paths["effects"])
-    assert effects.column_names == ["feature_index", "feature", "repeat", "effect"]
+    assert effects.column_names == ["feature_index", "feature", "features", "repeat", "effect"]
     assert effects.num_rows == 9
     np.testing.assert_array_equal(np.asarray(effects["effect"]).reshape(3, 3), result.effects)
     summary = pq.read_table(paths["summary"]).to_pylist()
@@ -68,7 +68,9 @@ def test_write_produces_readable_parquet_with_provenance(linear_model, sample, t
     assert metadata["job_configuration"] == {"note": "test"}
     assert len(metadata["model_fingerprint"]) == 64
     assert {"numpy", "pyarrow", "keras"} <= set(metadata["versions"])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["effects.parquet", "model.keras", "summary.parquet"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "comparisons.parquet", "effects.parquet", "effects.png", "model.keras", "rank_probabilities.parquet",
+        "summary.parquet"]
 
 
 def test_output_is_readable_by_pandas_duckdb_and_polars(linear_model, sample, tmp_path):
@@ -88,7 +90,16 @@ def test_bad_parameters_are_refused_with_their_name(linear_model, sample):
         (dict(n_repeats=1), "n_repeats: must be at least 2"),
         (dict(noise_scale=-1.0), "noise_scale: must be a finite number > 0"),
         (dict(confidence=1.0), "confidence: must be strictly between 0 and 1"),
-        (dict(feature_names=["a"]), "feature_names: must be 3 distinct names"),
+        (dict(feature_names=["a"]), "feature_names: must be 3 distinct non-empty names"),
+        (dict(perturbation="shuffle"), "perturbation: must be one of noise, permute, ablate"),
+        (dict(metric="r2"), "metric: must be one of rms, mae, loss-increase"),
+        (dict(metric="loss-increase"), "y: labels are required for the loss-increase metric"),
+        (dict(groups={"g": ["x1", "x9"]}), "groups: must name known features"),
+        (dict(groups={"x1": ["x2"]}), "groups: need a new non-empty name"),
+        (dict(ablate_value="median", perturbation="ablate"), "ablate_value: must be 'mean', 'zero' or a finite number"),
+        (dict(interval="jackknife"), "interval: must be one of t, percentile, bca"),
+        (dict(target_halfwidth=0.01, max_repeats=1), "max_repeats: must be at least n_repeats"),
+        (dict(n_repeat=3), "options: must be fields of rnnimp.api.Options"),
         (dict(executor="spark"), "executor: must be 'local', 'ray'"),
     ]
     for kwargs, message in cases:

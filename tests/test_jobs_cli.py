@@ -3,7 +3,7 @@
 import pyarrow.parquet as pq
 import pytest
 
-from jobtools import run_job
+from jobtools import call_job, run_job
 from rnnimp.output import read_metadata
 
 SMALL = ["--epochs", "1", "--steps-per-epoch", "300", "--repeats", "3", "--samples", "100", "--num-cpus", "2", "--quiet"]
@@ -27,6 +27,11 @@ def test_help_documents_every_option():
         (["--noise-scale", "0"], "--noise-scale: must be a finite number > 0, got 0.0"),
         (["--noise-scale", "nan"], "--noise-scale: must be a finite number > 0, got nan"),
         (["--confidence", "1.2"], "--confidence: must be strictly between 0 and 1, got 1.2"),
+        (["--seed", "-1"], "--seed: must be a non-negative integer, got -1"),
+        (["--samples", "300", "--eval-batch-size", "64", "--shard-size", "100"],
+         "--shard-size: must be a multiple of --eval-batch-size (64), got 100"),
+        (["--group", "g=x1,x7"], "--group: must name known features (x1, x2, x3) or indexes 0..2, got 'x7'"),
+        (["--target-halfwidth", "0.01", "--max-repeats", "3"], "--max-repeats: must be at least n_repeats (30), got 3"),
         (["--samples", "ten"], "argument --samples: invalid int value: 'ten'"),
         (["--model", "missing.keras"], "--model: must be an existing readable file, got 'missing.keras'"),
         (["--model", "weights.h5"], "--model: must be a .keras file, got 'weights.h5'"),
@@ -34,7 +39,7 @@ def test_help_documents_every_option():
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, message):
     out = tmp_path / "out"
-    done = run_job("jobs.seed_importance", "--out", str(out), *args)
+    done = call_job("jobs.seed_importance", "--out", str(out), *args)
     assert done.returncode == 2
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -45,7 +50,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, messag
 def test_corrupt_model_file_is_refused(tmp_path):
     model = tmp_path / "broken.keras"
     model.write_bytes(b"this is not a zip archive")
-    done = run_job("jobs.seed_importance", "--out", str(tmp_path / "out"), "--model", str(model))
+    done = call_job("jobs.seed_importance", "--out", str(tmp_path / "out"), "--model", str(model))
     assert done.returncode == 2
     assert "--model: must be a valid Keras model file" in done.stderr
     assert "Traceback" not in done.stderr
@@ -59,16 +64,19 @@ def test_small_run_writes_results_and_reuses_its_model(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "embedded local Ray (2 CPUs)" in done.stdout
     assert "95% t-interval" in done.stdout and f"wrote summary: {out}/summary.parquet" in done.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["effects.parquet", "model.keras", "summary.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "comparisons.parquet", "effects.parquet", "effects.png", "model.keras", "rank_probabilities.parquet",
+        "summary.parquet"]
     assert pq.read_table(out / "effects.parquet").num_rows == 9
     metadata = read_metadata(str(out / "summary.parquet"))
     assert {"start_ray", "train", "evaluate"} <= set(metadata["timings_s"])
-    assert metadata["job_configuration"]["epochs"] == 1
+    assert metadata["job"]["epochs"] == 1
 
     # Another configuration into the same folder is refused, naming what differs.
     refused = run_job("jobs.seed_importance", "--out", str(out), *SMALL[:-5], "--repeats", "4", "--samples", "100")
     assert refused.returncode == 2
-    assert "differs in repeats" in refused.stderr and "--overwrite" in refused.stderr
+    assert "differs in configuration.n_repeats" in refused.stderr and "--overwrite" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
 
     # The saved model can be loaded back and gives the same effects without training.
     again = tmp_path / "again"

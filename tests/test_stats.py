@@ -17,12 +17,17 @@ def test_t_interval_of_constant_values_is_a_point():
     assert t_interval(np.full(4, 0.5), 0.9) == (0.5, 0.5)
 
 
-def test_bootstrap_percentile_interval_matches_a_plain_resampling():
+def test_bootstrap_percentile_interval_matches_a_plain_resampling_at_the_expanded_level():
     rng = np.random.default_rng(0)
     values = rng.gamma(2.0, size=40)
     low, high = bootstrap_interval(values, 0.9, np.random.default_rng(1), n_resamples=20000)
     means = values[rng.integers(0, 40, size=(20000, 40))].mean(axis=1)
-    ref_low, ref_high = np.percentile(means, [5, 95])
+    # Hesterberg's expanded level: 2 Phi(sqrt(n/(n-1)) t_{n-1, 0.95}) - 1 for n = 40
+    from scipy import stats
+
+    level = 2 * stats.norm.cdf(np.sqrt(40 / 39) * stats.t.ppf(0.95, 39)) - 1
+    assert 0.91 < level < 0.915
+    ref_low, ref_high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
     assert low == pytest.approx(ref_low, abs=0.02)
     assert high == pytest.approx(ref_high, abs=0.02)
 

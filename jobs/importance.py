@@ -1,0 +1,56 @@
+"""Importance of the inputs of your own Keras model on your own series, as a Ray job.
+
+  python -m jobs.importance --model M.keras --data X.npy|X.parquet --out DIR [options]
+
+--data is a .npy array (series, time, features) or a long-form Parquet
+table (a series id column, a time column, one column per feature). The model
+is loaded in Keras safe mode; any output shape works (the effect covers all
+output values). Attaches to RAY_ADDRESS or starts an embedded local Ray.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from rnnimp import cli
+
+
+def parse_args(argv: Sequence[str] | None):
+    parser = cli.ArgumentParser(prog="python -m jobs.importance", description=__doc__,
+                                formatter_class=cli.argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--model", required=True, help="the .keras model, taking (batch, time, features)")
+    add("--data", required=True, help="evaluation series: .npy (series, time, features) or long-form .parquet")
+    add("--labels", default=None, help="labels for --metric loss-increase: .npy (series, ...) or long-form .parquet")
+    add("--feature-names", default=None, help="comma-separated names (default: Parquet columns, or x1, x2, ...)")
+    add("--series-column", default="series", help="series id column of Parquet input (default: %(default)s)")
+    add("--time-column", default="time", help="time column of Parquet input (default: %(default)s)")
+    cli.add_run_options(parser, out_default="results/importance")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from rnnimp import data
+
+    sample, names = data.load_series(args.data, series_column=args.series_column, time_column=args.time_column)
+    names = data.feature_names_from_option(args.feature_names, sample.shape[2]) or names
+    labels = None
+    if args.labels is not None:
+        labels = data.load_labels(args.labels, sample.shape[0], series_column=args.series_column,
+                                  time_column=args.time_column)
+
+    from rnnimp.modelio import architecture, configure_tensorflow, load_model
+
+    configure_tensorflow(None)
+    model = load_model(args.model, "--model")
+    options = cli.options_from_args(args, names)
+    request = cli.prepare_request(model, sample, labels, options)
+    job = {"name": "importance", "model": args.model, "data": args.data, "labels": args.labels}
+    cli.check_out(args.out, {"configuration": request.configuration, "job": job}, args.overwrite)
+    return cli.execute(args, request, job, lambda: (model, {"phase": "load_model"}), architecture(model))
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,89 @@
+"""Merging the effects of several runs of one configuration into one result.
+
+Runs that differ only in which repeats they computed (``first_repeat``,
+``n_repeats``, adaptive-repeat settings) on the same model and data add up:
+the merged summary is the one a single run of all those repeats would give,
+since every repeat's draws depend only on the seed and the repeat index.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import output, stats
+from .api import ImportanceResult
+from .checkpoint import differences
+from .errors import InvalidParameterError
+from .seeding import Stream, generator
+
+# Configuration entries that only say which repeats a run computed.
+REPEAT_KEYS = ("n_repeats", "first_repeat", "target_halfwidth", "relative", "max_repeats", "wave_repeats")
+
+
+def _comparable(metadata: dict[str, Any]) -> dict[str, Any]:
+    configuration = {k: v for k, v in metadata.get("configuration", {}).items() if k not in REPEAT_KEYS}
+    return {"configuration": configuration, "seed": metadata.get("seed"),
+            "model_fingerprint": metadata.get("model_fingerprint"),
+            "data_fingerprint": metadata.get("data_fingerprint")}
+
+
+def read_effects(folder: str) -> tuple[pa.Table, dict[str, Any]]:
+    """The effects table of a finished run and its metadata."""
+    filesystem, path = output.resolve(folder)
+    effects_path = f"{path}/{output.EFFECTS_FILE}"
+    try:
+        table = pq.read_table(effects_path, filesystem=filesystem)
+        metadata = output.read_metadata(effects_path if "://" not in folder
+                                        else folder.rstrip("/") + "/" + output.EFFECTS_FILE)
+    except (OSError, KeyError, ValueError) as error:
+        raise InvalidParameterError("DIR", f"must hold a finished rnnimp run ({type(error).__name__})", folder) from None
+    return table, metadata
+
+
+def merge_runs(folders: Sequence[str]) -> ImportanceResult:
+    """One result from the effects of ``folders`` (same configuration, model and data).
+
+    Refuses runs that differ in anything but their repeats, naming the
+    difference, and repeats computed twice.
+    """
+    if len(folders) < 2:
+        raise InvalidParameterError("DIR", "must name at least two runs to merge", list(folders))
+    runs = [read_effects(folder) for folder in folders]
+    first_table, first_metadata = runs[0]
+    for folder, (_, metadata) in zip(folders[1:], runs[1:]):
+        differing = differences(_comparable(first_metadata), _comparable(metadata))
+        if differing:
+            raise InvalidParameterError(
+                "DIR", f"must be runs of one configuration, model and data (differs from {folders[0]} in "
+                f"{', '.join(differing)})", folder)
+    table = pa.concat_tables([table.replace_schema_metadata(None) for table, _ in runs])
+    per_step = "step" in table.column_names
+    keys = ["feature_index", "step", "repeat"] if per_step else ["feature_index", "repeat"]
+    if table.group_by(keys).aggregate([([], "count_all")]).num_rows != table.num_rows:
+        raise InvalidParameterError("DIR", "must not compute the same repeat twice (use --first-repeat)",
+                                    list(folders))
+    configuration = first_metadata["configuration"]
+    index = np.asarray(table["feature_index"])
+    repeat = np.asarray(table["repeat"])
+    n_targets = int(index.max()) + 1
+    n_steps = configuration["time_steps"] if per_step else 1
+    step = np.asarray(table["step"]) if per_step else np.zeros_like(index)
+    first = int(repeat.min())
+    effects = np.full((n_targets * n_steps, int(repeat.max()) - first + 1), np.nan)
+    effects[index * n_steps + step, repeat - first] = np.asarray(table["effect"])
+    summary = stats.summarize(effects, configuration["confidence"],
+                              generator(first_metadata["seed"], Stream.BOOTSTRAP),
+                              interval=configuration["interval"])
+    _, first_rows = np.unique(index, return_index=True)  # one row per target, by index
+    names = table.take(pa.array(first_rows))
+    merged_configuration = {**configuration, "first_repeat": first, "n_repeats": effects.shape[1]}
+    metadata = {**first_metadata, "configuration": merged_configuration, "merged_from": list(folders),
+                "timings_s": {}}
+    metadata.pop("adaptive", None)
+    shape = (n_targets, n_steps, effects.shape[1]) if per_step else (n_targets, effects.shape[1])
+    return ImportanceResult(names["feature"].to_pylist(), names["features"].to_pylist(),
+                            effects.reshape(shape), summary, configuration["confidence"], metadata)

@@ -1,0 +1,79 @@
+"""jobs.importance: your own model and data from the command line."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import linear_lstm_free_model
+from jobtools import call_job, run_job
+from rnnimp.data import write_long_parquet
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    model = linear_lstm_free_model([1.0, -3.0, 0.0], time_steps=4)
+    model.save(folder / "model.keras")
+    sample = np.random.default_rng(0).random((120, 4, 3), dtype=np.float32)
+    np.save(folder / "data.npy", sample)
+    write_long_parquet(sample, str(folder / "data.parquet"), ["price", "volume", "noise"])
+    np.save(folder / "labels.npy", model.predict(sample, verbose=0))
+    bad = sample.copy()
+    bad[3, 2, 1] = np.nan
+    np.save(folder / "nan.npy", bad)
+    np.save(folder / "short.npy", sample[:, :3])
+    np.save(folder / "labels_short.npy", np.zeros((50, 4), dtype=np.float32))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--data", "{f}/nan.npy"], "--data: must hold only finite values, got '1 NaN or infinite values'"),
+        (["--data", "{f}/short.npy"], "--data: must match the model's input shape (series, 4, 3)"),
+        (["--data", "{f}/missing.npy"], "--data: must be an existing readable file"),
+        (["--feature-names", "a,b"], "--feature-names: "),
+        (["--group", "g=price,colour"], "--group: must name known features (price, volume, noise)"),
+        (["--metric", "loss-increase"], "--labels: labels are required for the loss-increase metric"),
+        (["--metric", "loss-increase", "--labels", "{f}/labels_short.npy"], "--labels: "),
+        (["--perturbation", "ablate", "--ablate-value", "median"], "--ablate-value: must be 'mean', 'zero' or a finite number"),
+        (["--noise-relative", "-1"], "--noise-relative: must be a finite number > 0, got -1.0"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(files, tmp_path, extra, message):
+    out = tmp_path / "out"
+    data = [] if "--data" in extra else ["--data", f"{files}/data.parquet"]
+    args = ["--model", f"{files}/model.keras", *data, *(e.format(f=files) for e in extra), "--out", str(out)]
+    done = call_job("jobs.importance", *args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_parquet_data_groups_and_permutation_on_ray(files, tmp_path):
+    out = tmp_path / "permute"
+    done = run_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/data.parquet",
+                   "--perturbation", "permute", "--group", "both=price,volume", "--repeats", "4",
+                   "--num-cpus", "2", "--quiet", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    summary = pq.read_table(out / "summary.parquet").to_pylist()
+    assert [row["feature"] for row in summary] == ["price", "volume", "noise", "both"]
+    assert summary[2]["mean"] == 0 and summary[3]["rank"] == 1 and summary[1]["rank"] == 2
+    assert "both" in done.stdout and "price" in done.stdout
+
+
+@pytest.mark.slow
+def test_loss_increase_per_step_map_from_npy(files, tmp_path):
+    out = tmp_path / "steps"
+    done = run_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/data.npy",
+                   "--labels", f"{files}/labels.npy", "--metric", "loss-increase", "--per-step",
+                   "--repeats", "3", "--num-cpus", "1", "--quiet", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    effects = pq.read_table(out / "effects.parquet")
+    assert effects.num_rows == 3 * 4 * 3 and "step" in effects.column_names
+    assert (out / "effects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = pq.read_table(out / "summary.parquet").to_pylist()
+    x2 = [row["mean"] for row in summary if row["feature"] == "x2"]
+    assert len(x2) == 4 and min(x2) > 0  # every step of x2 matters
