@@ -75,6 +75,8 @@ def add_run_options(parser: argparse.ArgumentParser, out_default: str) -> None:
     add("--wave-repeats", type=int, default=5, help="adaptive repeats: repeats per extra wave (default: %(default)s)")
     add("--num-cpus", type=int, default=None,
         help="CPUs of the embedded local Ray (default: all); ignored when RAY_ADDRESS is set")
+    add("--connect-timeout", type=float, default=30.0,
+        help="seconds to wait for the cluster in RAY_ADDRESS before giving up (default: %(default)s)")
     add("--eval-batch-size", type=int, default=4096,
         help="series per forward pass on the workers (default: %(default)s)")
     add("--shard-size", type=int, default=65536,
@@ -106,6 +108,7 @@ def options_from_args(args: argparse.Namespace, feature_names: Sequence[str] | N
 
     if args.num_cpus is not None:
         validation.positive_int("--num-cpus", args.num_cpus)
+    validation.positive_finite("--connect-timeout", args.connect_timeout)
     return Options(
         n_repeats=args.repeats, first_repeat=args.first_repeat, perturbation=args.perturbation, noise_scale=args.noise_scale,
         noise_relative=args.noise_relative, ablate_value=args.ablate_value, metric=args.metric, loss=args.loss,
@@ -192,7 +195,7 @@ def execute(args: argparse.Namespace, request, job_configuration: dict[str, Any]
 
     timings: dict[str, float] = {}
     job_started = started = time.perf_counter()
-    where = distributed.connect(args.num_cpus)
+    where = distributed.connect(args.num_cpus, args.connect_timeout)
     sample = request.sample
     executor = distributed.RayExecutor().warm_up(
         architecture_json, request.settings.layout.batch_size, sample.shape[1], sample.shape[2])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import socket
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -53,7 +54,8 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
     if address:
         if num_cpus is not None:
             log.warning("--num-cpus is ignored when attaching to RAY_ADDRESS=%s", address)
-        os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", str(int(connect_timeout_s)))
+        _check_reachable(address, connect_timeout_s)
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(int(connect_timeout_s)))
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, TimeoutError, ValueError) as error:
@@ -66,6 +68,30 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
         _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
     )
     return f"embedded local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+
+
+def _check_reachable(address: str, timeout_s: float) -> None:
+    """Raise InvalidParameterError unless ``host:port`` of ``address`` accepts a TCP connection in time.
+
+    ``ray.init`` itself retries an unreachable address for many minutes.
+    """
+    if address in ("auto", "local"):
+        return
+    host_port = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidParameterError("RAY_ADDRESS", "must be host:port (or auto)", address)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, timeout_s)):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise InvalidParameterError(
+                    "RAY_ADDRESS", f"must name a reachable Ray cluster (no answer within {timeout_s:.0f} s: "
+                    f"{error.strerror or error})", address) from None
+            time.sleep(1.0)
 
 
 def shutdown() -> None:
