@@ -140,6 +140,8 @@ class ActorPool:
             self._add_actor()
 
     def _add_actor(self) -> None:
+        if self.replaced > 3 * self.size + 10:
+            raise RuntimeError(f"lost {self.replaced} workers in this run; giving up (see the Ray logs)")
         actor = _EvaluationWorker.options(runtime_env={"env_vars": WORKER_ENV}).remote()
         for call in self.setup_calls:
             call(actor)
@@ -202,6 +204,7 @@ class ActorPool:
                 try:
                     ray.get(ref)
                 except _LOST_ACTOR:
+                    self.replaced += 1
                     self._add_actor()
                     continue
                 self.live.append(actor)

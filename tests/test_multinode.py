@@ -1,0 +1,188 @@
+"""The main job on a local multi-node Ray cluster (a head and worker nodes, each its own ``ray start``).
+
+- Attached through ``RAY_ADDRESS`` to a head without CPUs and two worker
+  nodes of one CPU each, the job's two evaluation actors run on both worker
+  nodes and its effects are bit-identical to an embedded single-node run.
+- Node loss: a worker node is killed (SIGKILL of all its processes, by pid)
+  while units are being evaluated. The job finishes on the surviving node
+  with effects identical to an undisturbed run. (``LocalCluster.add_worker``
+  can bring a replacement node, but whether rnnimp's replacement actor gets
+  placed on it before the survivor has finished is a race on a 2-core
+  machine, so no test relies on it.)
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobtools import REPO, run_job
+from raycluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--epochs", "1", "--steps-per-epoch", "200", "--repeats", "3", "--samples", "64"]
+# About 1200 units of work (3 features x 10 repeats x 40 shards); two one-CPU actors take 20-30 s on a
+# busy 2-core machine, long enough to lose a node in the middle of it.
+LONG = ["--epochs", "1", "--steps-per-epoch", "200", "--repeats", "10", "--samples", "40000",
+        "--eval-batch-size", "512", "--shard-size", "1024"]
+# The GCS declares a silent node dead after 3 missed health checks 1 s apart (default: 5 x 3 s).
+FAST_NODE_FAILURE_DETECTION = {
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+WORKER_CLASS = "_EvaluationWorker"  # rnnimp.distributed's actor class
+
+
+def effects(out) -> "pq.Table":
+    return pq.read_table(out / "effects.parquet").replace_schema_metadata(None)
+
+
+def embedded_effects(out, args: list[str]):
+    """The same job on an embedded single-node local Ray of 2 CPUs (RAY_ADDRESS unset)."""
+    done = run_job("jobs.seed_importance", "--out", str(out), *args, "--num-cpus", "2", "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "embedded local Ray (2 CPUs)" in done.stdout
+    return effects(out)
+
+
+def describe(actors: list[dict]) -> list[tuple]:
+    """(state, node, restarts, cause of death) of each actor, for messages."""
+    return [(actor["state"], (actor["node_id"] or "-")[:8], actor["num_restarts"],
+             str((actor.get("death_cause") or {}).get("actor_died_error_context", {}).get("error_message", ""))[:160])
+            for actor in actors]
+
+
+class AttachedJob:
+    """``python -m jobs.seed_importance`` attached to a cluster through RAY_ADDRESS, followed as it runs.
+
+    Its progress bar (stderr, one update a second at most) tells how many
+    units of work are done; output is collected by reader threads.
+    """
+
+    PROGRESS = re.compile(rb"(\d+)/(\d+) \[")
+
+    def __init__(self, cluster: LocalCluster, out, args: list[str]) -> None:
+        self.cluster = cluster
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "jobs.seed_importance", "--out", str(out), *args], cwd=REPO,
+            env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.units_done = 0
+        self.units_total = None
+        self.progressed_at = time.monotonic()
+        self._readers = [threading.Thread(target=self._read, args=(stream, buffer), daemon=True)
+                         for stream, buffer in ((self.process.stdout, self.stdout), (self.process.stderr, self.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream, buffer: bytearray) -> None:
+        while chunk := stream.read1(65536):
+            buffer.extend(chunk)
+            if buffer is self.stderr:
+                found = self.PROGRESS.findall(bytes(buffer[-4096:]))
+                if found and int(found[-1][0]) != self.units_done:
+                    self.units_done, self.units_total = int(found[-1][0]), int(found[-1][1])
+                    self.progressed_at = time.monotonic()
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_for_units(self, fraction: float, timeout: float = 400) -> None:
+        """Until at least ``fraction`` of the units are done (fails if the job ends first)."""
+        deadline = time.monotonic() + timeout
+        while not (self.units_total and self.units_done >= fraction * self.units_total):
+            assert self.running(), f"the job ended before {fraction:.0%} of its units:\n{self.output()}"
+            assert time.monotonic() < deadline, f"no {fraction:.0%} of units after {timeout} s:\n{self.output()}"
+            time.sleep(0.2)
+
+    def finish(self, stall_s: float, timeout: float = 600) -> int:
+        """Wait for the exit code; fail if no unit finished for ``stall_s`` seconds (a hang)."""
+        deadline = time.monotonic() + timeout
+        while self.running():
+            stalled = time.monotonic() - self.progressed_at
+            if stalled > stall_s or time.monotonic() > deadline:
+                actors = describe(self.cluster.actors(WORKER_CLASS))
+                raise AssertionError(
+                    f"the job hangs: no unit finished for {stalled:.0f} s, {self.units_done} of "
+                    f"{self.units_total} done; actors (state, node, restarts, death): {actors}; alive nodes: "
+                    f"{[node['node_ip'] for node in self.cluster.alive_nodes()]}\n{self.output()}")
+            time.sleep(0.5)
+        for reader in self._readers:
+            reader.join(10)
+        return self.process.returncode
+
+    def output(self) -> str:
+        def text(buffer):
+            return bytes(buffer).decode(errors="replace").replace("\r", "\n")[-6000:]
+        return f"--- stdout ---\n{text(self.stdout)}\n--- stderr ---\n{text(self.stderr)}"
+
+    def stop(self) -> None:
+        if self.running():
+            self.process.kill()
+        self.process.wait()
+
+
+def test_main_job_on_three_nodes_matches_an_embedded_single_node_run(tmp_path):
+    with LocalCluster(num_workers=2) as cluster:
+        done = run_job("jobs.seed_importance", "--out", str(tmp_path / "cluster"), *SMALL, "--quiet",
+                       env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        workers = cluster.actors(WORKER_CLASS)
+        peers = cluster.remote_peers()
+        worker_node_ids = {node.node_id for node in cluster.workers}
+        address = cluster.gcs_address
+    assert not cluster.pids(), "the test cluster left processes behind"
+    assert f"running on Ray cluster at {address} with 2 workers" in done.stdout
+    # One actor per worker node; the head (0 CPUs) hosts none.
+    assert sorted(actor["node_id"] for actor in workers) == sorted(worker_node_ids)
+    assert peers == [], "connections off loopback"
+
+    single = embedded_effects(tmp_path / "embedded", SMALL)
+    assert single.num_rows == 9
+    assert effects(tmp_path / "cluster").equals(single)
+
+
+def lose_a_worker_node(cluster: LocalCluster, job: AttachedJob):
+    """Kill the last worker node (all its processes, SIGKILL) once 5 % of the units are done."""
+    job.wait_for_units(0.05)
+    victim = cluster.workers[-1]
+    hosted = [actor for actor in cluster.actors(WORKER_CLASS)
+              if actor["state"] == "ALIVE" and actor["node_id"] == victim.node_id]
+    assert hosted, "no evaluation actor on the node about to be killed"
+    assert cluster.remote_peers(extra_pids=(job.process.pid,)) == [], "connections off loopback"
+    killed = cluster.remove_worker(victim)
+    progress = (job.units_done, job.units_total)
+    assert job.running() and progress[0] < progress[1], f"the node was not lost mid-run: {progress}"
+    cluster.wait_until_dead(victim)
+    return victim, killed
+
+
+def test_job_survives_a_lost_worker_node(tmp_path):
+    out = tmp_path / "disturbed"
+    with LocalCluster(num_workers=2, system_env=FAST_NODE_FAILURE_DETECTION) as cluster:
+        job = AttachedJob(cluster, out, LONG)
+        try:
+            victim, killed = lose_a_worker_node(cluster, job)
+            assert killed and not victim.pids()
+            job.finish(stall_s=90)
+        finally:
+            job.stop()
+        workers = cluster.actors(WORKER_CLASS)
+        (survivor,) = cluster.workers
+    assert not cluster.pids(), "the test cluster left processes behind"
+    assert job.process.returncode == 0, job.output()
+    assert effects(out).equals(embedded_effects(tmp_path / "undisturbed", LONG))
+    # The lost actor's units went to the survivor; its replacement never found a free CPU.
+    placed = {actor["node_id"] for actor in workers if actor["node_id"]}
+    assert placed == {victim.node_id, survivor.node_id}, describe(workers)
