@@ -114,3 +114,30 @@ def test_adaptive_repeats_stop_at_max_repeats(model, sample):
                                     wave_repeats=2)
     assert result.summary.n_repeats.tolist() == [9, 9, 4]
     assert result.metadata["adaptive"]["met"] == [False, False, True]
+
+
+@pytest.mark.slow
+def test_time_step_map_of_a_trained_model_finds_the_planted_lag():
+    """Target y[t] = x1[t-2]: a trained model's map lights up x1 two steps before each output, nothing else."""
+    import keras
+
+    from rnnimp.seeding import Stream, generator
+
+    rng = generator(0, Stream.TRAINING)
+    steps = 6
+    x = rng.random((4000, steps, 3), dtype=np.float32)
+    y = np.zeros((4000, steps), dtype=np.float32)
+    y[:, 2:] = x[:, :-2, 0]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((steps, 3)), keras.layers.Flatten(), keras.layers.Dense(steps)])
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+    model.fit(x, y, batch_size=100, epochs=30, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < 1e-3
+
+    result = sensitivity_importance(model, x[:500], per_step=True, n_repeats=5, noise_scale=0.5)
+    mean = result.importances_mean  # (features, steps)
+    planted = mean[0, : steps - 2]
+    assert planted.min() > 10 * max(mean[0, steps - 2:].max(), mean[1:].max())  # signal vs null cells
+    for step in range(steps - 2):  # the interval of every planted cell lies above every null cell's
+        low = result.summary.t_low.reshape(3, steps)[0, step]
+        assert low > result.summary.t_high.reshape(3, steps)[1:].max()

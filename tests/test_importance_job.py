@@ -23,6 +23,10 @@ def files(tmp_path_factory):
     np.save(folder / "nan.npy", bad)
     np.save(folder / "short.npy", sample[:, :3])
     np.save(folder / "labels_short.npy", np.zeros((50, 4), dtype=np.float32))
+    infinite = sample.copy()
+    infinite[0, 0, 0] = np.inf
+    np.save(folder / "inf.npy", infinite)
+    np.save(folder / "empty.npy", sample[:0])
     return folder
 
 
@@ -30,10 +34,13 @@ def files(tmp_path_factory):
     "extra, message",
     [
         (["--data", "{f}/nan.npy"], "--data: must hold only finite values, got '1 NaN or infinite values'"),
+        (["--data", "{f}/inf.npy"], "--data: must hold only finite values, got '1 NaN or infinite values'"),
+        (["--data", "{f}/empty.npy"], "--data: must not be empty, got (0, 4, 3)"),
         (["--data", "{f}/short.npy"], "--data: must match the model's input shape (series, 4, 3)"),
         (["--data", "{f}/missing.npy"], "--data: must be an existing readable file"),
         (["--feature-names", "a,b"], "--feature-names: "),
         (["--group", "g=price,colour"], "--group: must name known features (price, volume, noise)"),
+        (["--group", "g=0,7"], "--group: must name known features (price, volume, noise) or indexes 0..2, got 7"),
         (["--metric", "loss-increase"], "--labels: labels are required for the loss-increase metric"),
         (["--metric", "loss-increase", "--labels", "{f}/labels_short.npy"], "--labels: "),
         (["--perturbation", "ablate", "--ablate-value", "median"], "--ablate-value: must be 'mean', 'zero' or a finite number"),
@@ -77,3 +84,24 @@ def test_loss_increase_per_step_map_from_npy(files, tmp_path):
     summary = pq.read_table(out / "summary.parquet").to_pylist()
     x2 = [row["mean"] for row in summary if row["feature"] == "x2"]
     assert len(x2) == 4 and min(x2) > 0  # every step of x2 matters
+
+
+def test_overwrite_discards_results_of_another_configuration(tmp_path):
+    import json
+
+    import pyarrow as pa
+
+    from rnnimp import cli, output
+    from rnnimp.errors import InvalidParameterError
+
+    out = tmp_path / "old"
+    table = pa.table({"feature": ["x1"]}).replace_schema_metadata(
+        {output.METADATA_KEY: json.dumps({"configuration": {"n_repeats": 5}, "job": {"name": "importance"}})})
+    output.write_table(table, str(out), output.SUMMARY_FILE)
+    output.write_bytes(b"model", str(out), output.MODEL_FILE)
+    current = {"configuration": {"n_repeats": 6}, "job": {"name": "importance"}}
+    with pytest.raises(InvalidParameterError, match="holds results of another configuration"):
+        cli.check_out(str(out), current, overwrite=False)
+    cli.check_out(str(out), {"configuration": {"n_repeats": 5}, "job": {"name": "importance"}}, overwrite=False)
+    cli.check_out(str(out), current, overwrite=True)
+    assert list(out.iterdir()) == []
