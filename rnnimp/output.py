@@ -7,7 +7,6 @@ import os
 import uuid
 from typing import Any, Mapping
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -28,19 +27,6 @@ def resolve(out: str) -> tuple[pafs.FileSystem, str]:
     if "://" in out:
         return pafs.FileSystem.from_uri(out)
     return pafs.LocalFileSystem(), os.path.abspath(out)
-
-
-def effects_table(feature_names: list[str], effects: np.ndarray) -> pa.Table:
-    """One row per (feature, repeat) from ``effects`` (features, repeats)."""
-    n_features, n_repeats = effects.shape
-    return pa.table(
-        {
-            "feature_index": pa.array(np.repeat(np.arange(n_features), n_repeats), pa.int32()),
-            "feature": pa.array(np.repeat(np.asarray(feature_names, dtype=object), n_repeats), pa.string()),
-            "repeat": pa.array(np.tile(np.arange(n_repeats), n_features), pa.int32()),
-            "effect": pa.array(effects.reshape(-1), pa.float64()),
-        }
-    )
 
 
 def with_metadata(table: pa.Table, metadata: Mapping[str, Any]) -> pa.Table:

@@ -26,7 +26,7 @@ def local_ray(monkeypatch):
     distributed.shutdown()
 
 
-def effects_contents(result, folder) -> "pyarrow.Table":
+def effects_contents(result, folder):
     path = result.write(str(folder))["effects"]
     return pq.read_table(path).replace_schema_metadata(None)
 
