@@ -43,7 +43,7 @@ def forward_seconds_per_pass(model, sample: np.ndarray, batch_size: int, jit_com
     n_samples, time_steps, n_features = sample.shape
     layout = Layout.for_sample(n_samples, batch_size, n_samples)
     evaluator = ShardEvaluator(keras_forward(model, jit_compile), layout.batch_size, time_steps, n_features)
-    evaluator.forward(evaluator._buffer)  # trace and compile
+    evaluator.compile()
     started = time.perf_counter()
     for _ in range(passes):
         evaluator.predict(sample, layout.shards[0])

@@ -154,6 +154,10 @@ class ShardEvaluator:
         self._buffer = np.zeros((batch_size, time_steps, n_features), dtype=np.float32)
         self._permutation: tuple[tuple, np.ndarray] | None = None
 
+    def compile(self) -> None:
+        """Trace and compile the forward pass now (on the zero buffer), not on the first unit."""
+        self.forward(self._buffer)
+
     def _batches(self, shard: Shard) -> Iterable[tuple[int, int]]:
         for start in range(shard.start, shard.stop, self.batch_size):
             yield start, min(start + self.batch_size, shard.stop)

@@ -59,7 +59,7 @@ def _cached(architecture_json: str, batch_size: int, time_steps: int, n_features
 
         model = keras.models.model_from_json(architecture_json)
         evaluator = ShardEvaluator(keras_forward(model, jit_compile), batch_size, time_steps, n_features)
-        evaluator.forward(evaluator._buffer)  # trace and compile now
+        evaluator.compile()
         _EVALUATORS[key] = _CachedEvaluator(model, evaluator, None)
     return _EVALUATORS[key]
 

@@ -15,11 +15,8 @@ def local_ray(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     from rnnimp import distributed
 
-    started = []
-
     def start(num_cpus: int):
         distributed.connect(num_cpus)
-        started.append(True)
         return distributed.RayExecutor()
 
     yield start
