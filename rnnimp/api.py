@@ -469,8 +469,8 @@ def run(model, request: Request, *, executor: Any = None, progress: bool = False
     started = time.perf_counter()
     job = EvaluationJob(spec, request.sample, request.labels, settings)
     baseline = runner.baseline(job)
-    if request.labels is not None and request.labels.shape[1] != baseline.shape[1]:
-        raise InvalidParameterError("y", f"must hold one label per model output ({baseline.shape[1]})",
+    if request.labels is not None and request.labels.shape[1] != baseline.n_outputs:
+        raise InvalidParameterError("y", f"must hold one label per model output ({baseline.n_outputs})",
                                     f"shape {request.labels.shape}")
 
     sums: dict[tuple[int, int, int], list[np.ndarray]] = defaultdict(list)

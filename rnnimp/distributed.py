@@ -19,13 +19,13 @@ import socket
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
-import numpy as np
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
 
 from .errors import InvalidParameterError
 from .method import Unit
-from .worker import EvaluationJob, peak_rss_bytes, predict_shard, unit_sums, warm_up
+from .method import Shard
+from .worker import Baseline, EvaluationJob, peak_rss_bytes, predict_shard, unit_sums, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,11 @@ class _EvaluationWorker:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
                 "peak_rss_bytes": peak_rss_bytes()}
 
+    @ray.method(num_returns=2)
     def predict_shard(self, model, sample, settings, shard):
-        return predict_shard(model, sample, settings, shard)
+        """(number of outputs, predictions): the driver waits on the first and never fetches the second."""
+        predictions = predict_shard(model, sample, settings, shard)
+        return predictions.shape[1], predictions
 
     def unit_sums(self, model, sample, baseline, labels, settings, unit):
         return unit_sums(model, sample, baseline, labels, settings, unit)
@@ -157,7 +160,8 @@ class ActorPool:
         self.live.extend(self.joining.values())
         self.joining.clear()
 
-    def _lose(self, actor) -> None:
+    def lose(self, actor) -> None:
+        """Drop a dead (or unresponsive) member and start its replacement."""
         if actor in self.live:
             self.live.remove(actor)
             ray.kill(actor, no_restart=True)
@@ -166,10 +170,12 @@ class ActorPool:
             self._add_actor()
 
     def run(self, tasks: Iterable[Task], submit: Callable[[object, Task], "ray.ObjectRef"],
-            per_actor: int = 2) -> Iterator[tuple[Task, object]]:
+            per_actor: int = 2, recover: Callable[[Task], None] | None = None) -> Iterator[tuple[Task, object]]:
         """Yield ``(task, result)`` in completion order, at most ``per_actor`` in flight per actor.
 
-        A task whose actor dies is resubmitted to another actor.
+        A task whose actor dies is resubmitted to another actor. A task that
+        fails because one of its inputs was lost (its node died) is passed to
+        ``recover``, which must recreate that input, and is then resubmitted.
         """
         pending = collections.deque(tasks)  # resubmitted tasks go back to the front
         in_flight: dict = {}  # ref -> (actor, task)
@@ -220,9 +226,16 @@ class ActorPool:
                 for other in lost:  # its other units fail too; requeue them now
                     pending.appendleft(in_flight.pop(other)[1])
                 load[actor] = 0
-                self._lose(actor)
+                self.lose(actor)
                 for survivor in self.live:
                     fill(survivor)
+                continue
+            except ObjectLostError:
+                if recover is None:
+                    raise
+                recover(task)
+                pending.appendleft(task)
+                fill(actor)
                 continue
             yield task, result
             fill(actor)
@@ -251,7 +264,8 @@ class RayExecutor:
         self._warm_up_refs: list = []
         self._job: EvaluationJob | None = None
         self._job_refs: tuple = ()
-        self._baseline: tuple | None = None
+        self._baseline: Baseline | None = None
+        self._baseline_shards: list = []  # object refs, replaced when a shard is lost
 
     @property
     def actors(self) -> list:
@@ -292,31 +306,60 @@ class RayExecutor:
             self.timings["units"] = 0.0
         return self._job_refs
 
-    def baseline(self, job: EvaluationJob) -> np.ndarray:
-        """Predictions of the whole sample, computed by the workers: float32 (series, outputs)."""
+    def _predict(self, actor, job: EvaluationJob, shard: Shard) -> tuple:
+        """Refs of (number of outputs, predictions) of one shard, computed on ``actor``."""
         model_ref, sample_ref, _ = self._refs(job)
-        started = time.perf_counter()
-        pieces = dict(self.pool.run(
-            job.settings.layout.shards,
-            lambda actor, shard: actor.predict_shard.remote(model_ref, sample_ref, job.settings, shard),
-            self.per_worker_in_flight,
-        ))
-        baseline = np.concatenate([pieces[shard] for shard in job.settings.layout.shards])
-        self.timings["baseline"] = time.perf_counter() - started
-        return baseline
+        return actor.predict_shard.remote(model_ref, sample_ref, job.settings, shard)
 
-    def evaluate(self, job: EvaluationJob, baseline: np.ndarray, units: list[Unit]) -> Iterator[tuple[Unit, object]]:
+    def baseline(self, job: EvaluationJob) -> Baseline:
+        """Predictions of every shard, computed by the workers and left in the object store.
+
+        The driver only holds references: each unit fetches its own shard's
+        predictions, so the baseline is never gathered in one process.
+        """
+        self._refs(job)
+        started = time.perf_counter()
+        predictions: dict[int, ray.ObjectRef] = {}
+
+        def submit(actor, shard: Shard):
+            n_outputs_ref, predictions[shard.index] = self._predict(actor, job, shard)
+            return n_outputs_ref
+
+        n_outputs = {count for _, count in self.pool.run(job.settings.layout.shards, submit,
+                                                        self.per_worker_in_flight)}
+        self.timings["baseline"] = time.perf_counter() - started
+        return Baseline(tuple(predictions[shard.index] for shard in job.settings.layout.shards), n_outputs.pop())
+
+    def _recompute_baseline(self, job: EvaluationJob, shard: Shard) -> None:
+        """Compute a lost baseline shard again and wait for it, on any live worker."""
+        for _ in range(3 * self.pool.size + 10):
+            if not self.pool.live:
+                self.pool.wait_until_ready()
+            actor = self.pool.live[0]
+            n_outputs_ref, predictions_ref = self._predict(actor, job, shard)
+            try:
+                ray.get(n_outputs_ref)
+            except _LOST_ACTOR:
+                self.pool.lose(actor)
+                continue
+            self._baseline_shards[shard.index] = predictions_ref
+            log.warning("baseline of shard %d was lost with its node; computed it again", shard.index)
+            return
+        raise RuntimeError(f"could not recompute the baseline of shard {shard.index}")
+
+    def evaluate(self, job: EvaluationJob, baseline: Baseline, units: list[Unit]) -> Iterator[tuple[Unit, object]]:
         """Yield ``(unit, per-batch sums)`` as units finish, in completion order."""
         model_ref, sample_ref, labels_ref = self._refs(job)
-        if self._baseline is None or self._baseline[0] is not baseline:
-            self._baseline = (baseline, ray.put(baseline))
-        baseline_ref = self._baseline[1]
+        if self._baseline is not baseline:
+            self._baseline, self._baseline_shards = baseline, list(baseline.shards)
 
         def submit(actor, unit: Unit):
-            return actor.unit_sums.remote(model_ref, sample_ref, baseline_ref, labels_ref, job.settings, unit)
+            return actor.unit_sums.remote(model_ref, sample_ref, self._baseline_shards[unit.shard.index],
+                                          labels_ref, job.settings, unit)
 
         started = time.perf_counter()
-        yield from self.pool.run(units, submit, self.per_worker_in_flight)
+        yield from self.pool.run(units, submit, self.per_worker_in_flight,
+                                 recover=lambda unit: self._recompute_baseline(job, unit.shard))
         self.timings["units"] += time.perf_counter() - started
 
     def shutdown(self) -> None:

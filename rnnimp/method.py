@@ -194,8 +194,8 @@ class ShardEvaluator:
         """Per-batch weighted sums of the metric's terms and weighted counts of values.
 
         ``sample``: the whole evaluation sample (series, time, features), never
-        modified; ``baseline``: predictions of the whole sample (series,
-        outputs); ``labels``: (series, outputs) or None. Returns float64
+        modified; ``baseline``: unperturbed predictions of the unit's shard
+        (shard rows, outputs); ``labels``: (series, outputs) or None. Returns float64
         (batches in shard, 2): column 0 the sums, column 1 the counts.
         """
         sources = self._sources(unit.key, len(sample)) if perturbation.kind == "permute" else None
@@ -204,7 +204,8 @@ class ShardEvaluator:
             batch = self._load(sample, start, stop)
             perturb_batch(batch, sample, start, unit.features, unit.step, perturbation, unit.key, sources)
             perturbed = self._run(stop - start).astype(np.float64)
-            terms = metric.terms(perturbed, baseline[start:stop],
+            offset = start - unit.shard.start
+            terms = metric.terms(perturbed, baseline[offset:offset + stop - start],
                                  None if labels is None else labels[start:stop])
             if unit.resample is None:
                 sums[index] = math.fsum(terms.sum(axis=1)), terms.size

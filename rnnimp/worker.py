@@ -40,6 +40,19 @@ class EvaluationJob:
     settings: Settings
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """Unperturbed predictions of a run, one entry per shard of the layout.
+
+    ``shards[i]`` holds shard ``i``'s predictions, float32 (shard rows,
+    ``n_outputs``), or an executor's handle to them (a Ray object reference),
+    so that they need never be gathered in one place.
+    """
+
+    shards: tuple
+    n_outputs: int
+
+
 @dataclass
 class _CachedEvaluator:
     model: object
@@ -87,7 +100,10 @@ def predict_shard(model: ModelSpec, sample: np.ndarray, settings: Settings, shar
 
 def unit_sums(model: ModelSpec, sample: np.ndarray, baseline: np.ndarray, labels: np.ndarray | None,
               settings: Settings, unit: Unit) -> np.ndarray:
-    """Per-batch weighted sums and counts of one unit: float64 (batches, 2)."""
+    """Per-batch weighted sums and counts of one unit: float64 (batches, 2).
+
+    ``baseline``: the unperturbed predictions of the unit's shard (shard rows, outputs).
+    """
     evaluator = evaluator_for(model, settings, sample.shape)
     return evaluator.unit_sums(sample, baseline, labels, unit, settings.perturbation, settings.metric)
 
@@ -105,12 +121,14 @@ class LocalExecutor:
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
 
-    def baseline(self, job: EvaluationJob) -> np.ndarray:
-        """Predictions of the whole sample: float32 (series, outputs)."""
-        return np.concatenate([predict_shard(job.model, job.sample, job.settings, shard)
-                               for shard in job.settings.layout.shards])
+    def baseline(self, job: EvaluationJob) -> Baseline:
+        """Predictions of every shard of the sample, in this process."""
+        shards = tuple(predict_shard(job.model, job.sample, job.settings, shard)
+                       for shard in job.settings.layout.shards)
+        return Baseline(shards, shards[0].shape[1])
 
-    def evaluate(self, job: EvaluationJob, baseline: np.ndarray, units: list[Unit]):
+    def evaluate(self, job: EvaluationJob, baseline: Baseline, units: list[Unit]):
         """Yield ``(unit, per-batch sums)`` for each unit, in plan order."""
         for unit in units:
-            yield unit, unit_sums(job.model, job.sample, baseline, job.labels, job.settings, unit)
+            yield unit, unit_sums(job.model, job.sample, baseline.shards[unit.shard.index], job.labels,
+                                  job.settings, unit)

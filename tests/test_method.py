@@ -27,13 +27,13 @@ def effects_by_plan(forward, sample, layout, n_repeats=3, seed=0, scale=0.5, per
     n_samples, time_steps, n_features = sample.shape
     perturbation = perturbation or noise(scale, n_features)
     evaluator = ShardEvaluator(forward, layout.batch_size, time_steps, n_features)
-    baseline = np.concatenate([evaluator.predict(sample, shard) for shard in layout.shards])
+    baselines = [evaluator.predict(sample, shard) for shard in layout.shards]
     targets = [Target(f"x{f}", (f,)) for f in range(n_features)]
     units = plan_units(seed, targets, range(n_repeats), layout.shards, resample=resample)
     sums = {}
     for unit in units:
         sums.setdefault((unit.target, unit.repeat), []).append(
-            evaluator.unit_sums(sample, baseline, labels, unit, perturbation, metric))
+            evaluator.unit_sums(sample, baselines[unit.shard.index], labels, unit, perturbation, metric))
     return np.array([[effect(sums[f, r], metric) for r in range(n_repeats)] for f in range(n_features)]), units
 
 
@@ -183,9 +183,9 @@ def test_bce_loss_increase_known_answer(sample):
 def test_group_is_perturbed_jointly(sample):
     layout = Layout.for_sample(90, 16, 32)
     evaluator = ShardEvaluator(linear_forward(W), layout.batch_size, 4, 3)
-    baseline = np.concatenate([evaluator.predict(sample, s) for s in layout.shards])
+    baselines = [evaluator.predict(sample, s) for s in layout.shards]
     (unit, *rest) = plan_units(3, [Target("g", (0, 1))], range(1), layout.shards)
-    sums = [evaluator.unit_sums(sample, baseline, None, u, noise(0.5, 3), RMS) for u in [unit, *rest]]
+    sums = [evaluator.unit_sums(sample, baselines[u.shard.index], None, u, noise(0.5, 3), RMS) for u in [unit, *rest]]
     z = sample_noise(unit.key, 0, 90, 4, n_features=2)
     change = 0.5 * (W[0] * z[:, :, 0] + W[1] * z[:, :, 1])
     assert effect(sums, RMS) == pytest.approx(np.sqrt(np.mean(change**2)), rel=1e-5)
@@ -201,13 +201,13 @@ def test_per_step_map_of_a_lagged_model():
     sample = np.random.default_rng(2).random((40, 5, 2), dtype=np.float32)
     layout = Layout.for_sample(40, 8, 16)
     evaluator = ShardEvaluator(forward, layout.batch_size, 5, 2)
-    baseline = np.concatenate([evaluator.predict(sample, s) for s in layout.shards])
+    baselines = [evaluator.predict(sample, s) for s in layout.shards]
     targets = [Target("a", (0,)), Target("b", (1,))]
     units = plan_units(0, targets, range(2), layout.shards, steps=range(5))
     sums = {}
     for unit in units:
         sums.setdefault((unit.target, unit.step, unit.repeat), []).append(
-            evaluator.unit_sums(sample, baseline, None, unit, noise(1.0, 2), RMS))
+            evaluator.unit_sums(sample, baselines[unit.shard.index], None, unit, noise(1.0, 2), RMS))
     effects = np.array([[effect(sums[t, s, 0], RMS) for s in range(5)] for t in range(2)])
     assert (effects[1] == 0).all() and effects[0, 4] == 0
     assert (effects[0, :4] > 0.2).all()  # one of 5 outputs moves by N(0, 1): RMS about 1/sqrt(5)

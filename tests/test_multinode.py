@@ -9,6 +9,10 @@
   can bring a replacement node, but whether rnnimp's replacement actor gets
   placed on it before the survivor has finished is a race on a 2-core
   machine, so no test relies on it.)
+- Baseline loss: the baseline predictions stay in the object store of the
+  node whose worker computed them. A worker node killed between the baseline
+  and the units takes some of them along; they are computed again and the
+  effects are unchanged.
 """
 
 from __future__ import annotations
@@ -186,3 +190,26 @@ def test_job_survives_a_lost_worker_node(tmp_path):
     # The lost actor's units went to the survivor; its replacement never found a free CPU.
     placed = {actor["node_id"] for actor in workers if actor["node_id"]}
     assert placed == {victim.node_id, survivor.node_id}, describe(workers)
+
+
+def test_baseline_shards_lost_with_their_node_are_computed_again():
+    with LocalCluster(num_workers=2, system_env=FAST_NODE_FAILURE_DETECTION) as cluster:
+        driver = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "lost_baseline_driver.py")], cwd=REPO,
+            env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert driver.stdout.readline().strip() == "BASELINE DONE", driver.stderr.read()[-3000:]
+            victim = cluster.workers[-1]
+            cluster.remove_worker(victim)
+            cluster.wait_until_dead(victim)
+            stdout, stderr = driver.communicate("go\n", timeout=300)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+    assert not cluster.pids(), "the test cluster left processes behind"
+    assert driver.returncode == 0, stderr[-3000:]
+    assert stdout.strip().splitlines()[-1] == "SAME"
+    # Each of the two actors computed 2 of the 4 shards; the victim's never reached another node.
+    assert stderr.count("was lost with its node; computed it again") == 2, stderr[-3000:]
