@@ -27,8 +27,12 @@ def make_series(rng: np.random.Generator, n_series: int) -> tuple[np.ndarray, np
 
 
 def evaluation_sample(seed: int, n_series: int) -> np.ndarray:
-    """The evaluation sample of the reference experiment: (n_series, 10, 3) float32."""
-    return make_series(generator(seed, Stream.EVALUATION_SAMPLE), n_series)[0]
+    """The evaluation sample of the reference experiment: (n_series, 10, 3) float32.
+
+    The inputs of :func:`make_series` on the evaluation stream, drawn without
+    their targets (which the method never uses).
+    """
+    return generator(seed, Stream.EVALUATION_SAMPLE).random((n_series, TIME_STEPS, N_FEATURES), dtype=np.float32)
 
 
 def build_model(seed: int):
@@ -83,7 +87,26 @@ def train_model(
     )
     history = _fit_epochs(model, inputs, targets, epochs, steps_per_epoch, batch_size)
     losses = tuple(float(loss) for loss in history)
+    del inputs, targets
+    release_free_heap()  # the training's buffers, before the evaluation sample is allocated
     return TrainingResult(model, losses[-1], losses)
+
+
+def release_free_heap() -> bool:
+    """Hand memory the C heap has freed back to the operating system (glibc's ``malloc_trim``).
+
+    glibc keeps freed blocks for reuse, so a process's resident size stays at
+    its high-water mark; trimming lowers it by about 0.15 GiB after training.
+    Returns False where there is no glibc.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def _fit_epochs(model, inputs, targets, epochs, steps_per_epoch, batch_size) -> list[float]:

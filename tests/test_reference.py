@@ -19,6 +19,13 @@ def test_training_draws_the_same_batches_for_the_same_seed():
     np.testing.assert_allclose(a[1], a[0][:, :, 0] * a[0][:, :, 1])
 
 
+def test_evaluation_sample_is_the_inputs_of_make_series_on_its_stream():
+    from rnnimp.seeding import Stream, generator
+
+    inputs, _ = reference.make_series(generator(4, Stream.EVALUATION_SAMPLE), 300)
+    np.testing.assert_array_equal(reference.evaluation_sample(4, 300), inputs)
+
+
 def test_trained_model_depends_on_x1_and_x2_not_x3(reference_training):
     assert reference_training.final_loss < 0.45
     sample = reference.evaluation_sample(0, 250)
