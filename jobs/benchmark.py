@@ -4,12 +4,16 @@ and the machine's forward-pass limit, on the same trained model and sample.
 Rows of the table:
   (a) plain loop      copy + perturb + model.predict (batch 32) per (feature, repeat),
                       timed on --plain-passes passes and scaled to all passes
-  (b) forward limit   tf.function over the whole sample in fixed batches, nothing else,
-                      on all threads (this process) and on one thread (a subprocess)
+  (b) forward limit   a compiled forward pass over the whole sample in fixed batches, nothing
+                      else, on all threads (this process) and on one thread (a subprocess):
+                      model(x) in a tf.function under XLA, and the forward rnnimp's workers run
+                      (for stacks of LSTM layers its fused XLA program, see rnnimp.lstm)
   (c) rnnimp          the distributed evaluation on an embedded local Ray of --num-cpus
                       workers: baseline and all units, from first submit to last result
 
-efficiency = (c) throughput / (workers x one-thread limit). The last line is JSON.
+efficiency = (c) throughput / (workers x one-thread limit of rnnimp's own forward pass), so it
+measures what distribution and perturbation cost; efficiency_vs_keras_limit uses model(x)'s
+one-thread limit instead. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -49,13 +53,14 @@ def argparse_suppress():
     return cli.argparse.SUPPRESS
 
 
-def one_thread_limit(model_path: str, sample_path: str, batch_size: int) -> float:
-    """Seconds per forward pass on one TF thread, measured in a fresh process."""
+def one_thread_limits(model_path: str, sample_path: str, batch_size: int) -> tuple[float, float]:
+    """Seconds per forward pass on one TF thread, measured in a fresh process: (rnnimp's, model(x)'s)."""
     done = subprocess.run(
         [sys.executable, "-m", "jobs.benchmark", "--one-thread-limit", model_path, sample_path, str(batch_size)],
         capture_output=True, text=True, check=True,
     )
-    return float(done.stdout.strip().splitlines()[-1])
+    fused_s, keras_s = done.stdout.strip().splitlines()[-1].split()
+    return float(fused_s), float(keras_s)
 
 
 def measure_one_thread(model_path: str, sample_path: str, batch_size: int) -> None:
@@ -67,8 +72,8 @@ def measure_one_thread(model_path: str, sample_path: str, batch_size: int) -> No
     from rnnimp.bench import forward_seconds_per_pass
     from rnnimp.modelio import load_model
 
-    sample = np.load(sample_path, mmap_mode="r")
-    print(forward_seconds_per_pass(load_model(model_path), np.asarray(sample), batch_size, jit_compile=True))
+    sample, model = np.load(sample_path), load_model(model_path)
+    print(*(forward_seconds_per_pass(model, sample, batch_size, fused) for fused in (True, False)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from rnnimp import distributed, reference, sensitivity_importance
     from rnnimp.bench import forward_seconds_per_pass, plain_loop_seconds_per_pass
-    from rnnimp.method import Layout
+    from rnnimp.method import Layout, forward_kind
     from rnnimp.worker import peak_rss_bytes
 
     figures: dict = {"samples": args.samples, "repeats": args.repeats, "workers": args.num_cpus,
@@ -104,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trained = reference.train_model(args.seed, epochs=args.epochs)
     figures["train_fast_s"], figures["train_fast_loss"] = time.perf_counter() - started, trained.final_loss
     model = trained.model
+    figures["forward"] = forward_kind(model, jit_compile=True)
     sample = reference.evaluation_sample(args.seed, args.samples)
     figures["sample_bytes"] = sample.nbytes
 
@@ -130,16 +136,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_path, sample_path = os.path.join(folder, "model.keras"), os.path.join(folder, "sample.npy")
         model.save(model_path)
         np.save(sample_path, sample)
-        one_thread_s = one_thread_limit(model_path, sample_path, layout.batch_size)
-    all_threads_s = forward_seconds_per_pass(model, sample, layout.batch_size, jit_compile=True)
+        one_thread_s, keras_one_thread_s = one_thread_limits(model_path, sample_path, layout.batch_size)
+    all_threads_s = forward_seconds_per_pass(model, sample, layout.batch_size, fused=True)
+    keras_all_threads_s = forward_seconds_per_pass(model, sample, layout.batch_size, fused=False)
     plain_s = plain_loop_seconds_per_pass(model, sample, 0.2, args.plain_passes, np.random.default_rng(args.seed))
     figures.update(
         one_thread_steps_per_s=steps_per_pass / one_thread_s,
         all_threads_steps_per_s=steps_per_pass / all_threads_s,
+        keras_one_thread_steps_per_s=steps_per_pass / keras_one_thread_s,
+        keras_all_threads_steps_per_s=steps_per_pass / keras_all_threads_s,
         plain_steps_per_s=steps_per_pass / plain_s,
         plain_scaled_s=plain_s * passes,
     )
     figures["efficiency"] = figures["rnnimp_steps_per_s"] / (args.num_cpus * figures["one_thread_steps_per_s"])
+    figures["efficiency_vs_keras_limit"] = (figures["rnnimp_steps_per_s"]
+                                            / (args.num_cpus * figures["keras_one_thread_steps_per_s"]))
     figures["speedup_over_plain"] = figures["rnnimp_steps_per_s"] / figures["plain_steps_per_s"]
 
     if args.compare_training:
@@ -159,9 +170,13 @@ def format_table(f: dict, passes: int, plain_passes: int) -> str:
     rows = [
         (f"(a) plain loop, model.predict (timed {plain_passes} passes, scaled)", f["plain_scaled_s"],
          f["plain_steps_per_s"]),
-        ("(b) tf.function forward limit, all threads", passes * steps / f["all_threads_steps_per_s"],
+        ("(b) model(x) forward limit (tf.function, XLA), all threads",
+         passes * steps / f["keras_all_threads_steps_per_s"], f["keras_all_threads_steps_per_s"]),
+        ("(b) model(x) forward limit (tf.function, XLA), one thread",
+         passes * steps / f["keras_one_thread_steps_per_s"], f["keras_one_thread_steps_per_s"]),
+        (f"(b) rnnimp's forward ({f['forward']}) limit, all threads", passes * steps / f["all_threads_steps_per_s"],
          f["all_threads_steps_per_s"]),
-        ("(b) tf.function forward limit, one thread", passes * steps / f["one_thread_steps_per_s"],
+        (f"(b) rnnimp's forward ({f['forward']}) limit, one thread", passes * steps / f["one_thread_steps_per_s"],
          f["one_thread_steps_per_s"]),
         (f"(c) rnnimp on {f['workers']} Ray workers (baseline + units)", f["rnnimp_eval_s"], f["rnnimp_steps_per_s"]),
     ]
@@ -171,7 +186,8 @@ def format_table(f: dict, passes: int, plain_passes: int) -> str:
     for name, seconds, rate in rows:
         lines.append(f"{name:<62} {seconds:>9.2f} {rate / 1e6:>9.2f} {rate / f['plain_steps_per_s']:>7.1f}x")
     lines += [
-        f"efficiency of (c): {f['efficiency']:.1%} of {f['workers']} x one-thread limit",
+        f"efficiency of (c): {f['efficiency']:.1%} of {f['workers']} x the one-thread limit of rnnimp's forward;"
+        f" {f['efficiency_vs_keras_limit']:.1%} of {f['workers']} x model(x)'s",
         f"fixed overhead (all but training and evaluation): {f['fixed_overhead_s']:.2f} s"
         f" (start Ray {f['start_ray_s']:.2f} s)",
         f"training, XLA + 100 steps per call: {f['train_fast_s']:.2f} s, loss {f['train_fast_loss']:.4f}",

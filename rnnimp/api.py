@@ -16,7 +16,7 @@ import pyarrow as pa
 from . import output, stats, validation
 from .checkpoint import Checkpoint, unit_id
 from .errors import InvalidParameterError
-from .method import LOSSES, METRICS, Layout, Metric, Target, effect, plan_units
+from .method import LOSSES, METRICS, Layout, Metric, Target, effect, forward_kind, plan_units
 from .modelio import ModelSpec
 from .perturb import Perturbation
 from .seeding import Stream, generator
@@ -515,6 +515,7 @@ def run(model, request: Request, *, executor: Any = None, progress: bool = False
         "model_fingerprint": spec.fingerprint,
         "data_fingerprint": fingerprint_of_data,
         "executor": runner.name,
+        "forward": forward_kind(model, o.jit_compile),
         "n_units": n_units,
         "units_from_checkpoint": from_checkpoint,
         "versions": library_versions(),

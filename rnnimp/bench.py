@@ -30,19 +30,22 @@ def plain_loop_seconds_per_pass(model, sample: np.ndarray, noise_scale: float, p
     return (time.perf_counter() - started) / passes
 
 
-def forward_seconds_per_pass(model, sample: np.ndarray, batch_size: int, jit_compile: bool,
-                             passes: int = 1) -> float:
-    """Seconds per pass of a ``tf.function`` forward over the whole sample in fixed batches.
+def forward_seconds_per_pass(model, sample: np.ndarray, batch_size: int, fused: bool, passes: int = 1) -> float:
+    """Seconds per pass of a compiled forward over the whole sample in fixed batches.
 
     The machine's forward-pass limit for this model: no perturbation, no
     reduction, nothing but the compiled model on batches of ``batch_size``
-    (the last one padded, as rnnimp's workers do). Compilation is not timed.
+    (the last one padded, as rnnimp's workers do). ``fused``: the forward
+    rnnimp's workers run (:func:`rnnimp.method.model_forward`); otherwise
+    ``model(x, training=False)`` in a ``tf.function`` under XLA. Compilation
+    is not timed.
     """
-    from .method import Layout, ShardEvaluator, keras_forward
+    from .method import Layout, ShardEvaluator, keras_forward, model_forward
 
     n_samples, time_steps, n_features = sample.shape
     layout = Layout.for_sample(n_samples, batch_size, n_samples)
-    evaluator = ShardEvaluator(keras_forward(model, jit_compile), layout.batch_size, time_steps, n_features)
+    forward = model_forward(model, jit_compile=True) if fused else keras_forward(model, jit_compile=True)
+    evaluator = ShardEvaluator(forward, layout.batch_size, time_steps, n_features)
     evaluator.compile()
     started = time.perf_counter()
     for _ in range(passes):

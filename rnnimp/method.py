@@ -235,3 +235,25 @@ def keras_forward(model, jit_compile: bool = False) -> Callable[[np.ndarray], np
 
     compiled = tf.function(call, jit_compile=jit_compile, reduce_retracing=True)
     return lambda batch: compiled(batch).numpy()
+
+
+def forward_kind(model, jit_compile: bool) -> str:
+    """Which forward pass :func:`model_forward` uses for ``model``: fused-lstm, keras-xla or keras."""
+    from .lstm import fusable
+
+    if jit_compile and fusable(model):
+        return "fused-lstm"
+    return "keras-xla" if jit_compile else "keras"
+
+
+def model_forward(model, jit_compile: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    """The fastest faithful forward pass: (batch, time, features) float32 -> (batch, outputs).
+
+    With ``jit_compile``, stacks of LSTM layers run as rnnimp's fused XLA
+    program (:mod:`rnnimp.lstm`), other models as ``model(x)`` under XLA;
+    without it, always ``model(x)`` in a plain ``tf.function``.
+    """
+    from .lstm import fused_forward
+
+    fused = fused_forward(model) if forward_kind(model, jit_compile) == "fused-lstm" else None
+    return fused or keras_forward(model, jit_compile)

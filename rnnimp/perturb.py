@@ -155,4 +155,8 @@ def stream_uniforms(key: tuple[int, int], start: int, count: int) -> np.ndarray:
     bit_generator = np.random.Philox(key=np.array(key, dtype=np.uint64))
     bit_generator.advance(block)
     raw = bit_generator.random_raw(offset + count)[offset:]
-    return ((raw >> np.uint64(11)).astype(np.float64) + 0.5) * _UNIFORM_SCALE
+    np.right_shift(raw, np.uint64(11), out=raw)  # in place: this runs once per value of every unit
+    uniforms = raw.astype(np.float64)
+    uniforms += 0.5
+    uniforms *= _UNIFORM_SCALE
+    return uniforms

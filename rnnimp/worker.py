@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .method import Layout, Metric, Shard, ShardEvaluator, Unit, keras_forward
+from .method import Layout, Metric, Shard, ShardEvaluator, Unit, model_forward
 from .modelio import ModelSpec
 from .perturb import Perturbation
 
@@ -71,7 +71,7 @@ def _cached(architecture_json: str, batch_size: int, time_steps: int, n_features
         import keras
 
         model = keras.models.model_from_json(architecture_json)
-        evaluator = ShardEvaluator(keras_forward(model, jit_compile), batch_size, time_steps, n_features)
+        evaluator = ShardEvaluator(model_forward(model, jit_compile), batch_size, time_steps, n_features)
         evaluator.compile()
         _EVALUATORS[key] = _CachedEvaluator(model, evaluator, None)
     return _EVALUATORS[key]
