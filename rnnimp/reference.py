@@ -38,15 +38,16 @@ def evaluation_sample(seed: int, n_series: int) -> np.ndarray:
 def build_model(seed: int):
     """The uncompiled reference LSTM, its weights initialised from ``seed``.
 
-    Layers are named explicitly so that every build has the same architecture
-    JSON (workers compile the forward pass from it before training ends).
+    The input and every layer are named explicitly (Keras numbers unnamed
+    ones), so that every build has the same architecture JSON: workers
+    compile the forward pass from a fresh build before training ends.
     """
     import keras
 
     keras.utils.set_random_seed(int_seed(seed, Stream.WEIGHT_INIT))
     return keras.Sequential(
         [
-            keras.Input((TIME_STEPS, N_FEATURES)),
+            keras.Input((TIME_STEPS, N_FEATURES), name="series"),
             keras.layers.LSTM(10, activation="relu", return_sequences=True, name="lstm_10"),
             keras.layers.LSTM(5, activation="relu", return_sequences=True, name="lstm_5"),
             keras.layers.LSTM(1, activation="sigmoid", return_sequences=True, name="lstm_1"),

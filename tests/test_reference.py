@@ -12,6 +12,22 @@ def test_reference_model_has_908_parameters():
     assert reference.build_model(0).count_params() == 908
 
 
+def test_warm_up_with_a_fresh_build_compiles_what_the_trained_model_uses():
+    # Workers compile from the architecture of a fresh build while the driver trains another one: the
+    # two must have the same architecture JSON, or the compiled forward pass is never used.
+    from rnnimp import worker
+    from rnnimp.api import Options, prepare
+    from rnnimp.modelio import ModelSpec, architecture
+
+    assert architecture(reference.build_model(0)) == architecture(reference.build_model(1))
+    worker.warm_up(architecture(reference.build_model(0)), 64, reference.TIME_STEPS, reference.N_FEATURES, True)
+    compiled = dict(worker._EVALUATORS)
+    trained = reference.build_model(2)
+    request = prepare(trained, reference.evaluation_sample(0, 64), options=Options(batch_size=64, shard_size=64))
+    worker.evaluator_for(ModelSpec.from_model(trained), request.settings, request.sample.shape)
+    assert worker._EVALUATORS.keys() == compiled.keys()
+
+
 def test_training_draws_the_same_batches_for_the_same_seed():
     a = reference.make_series(np.random.default_rng(0), 5)
     b = reference.make_series(np.random.default_rng(0), 5)
