@@ -322,7 +322,10 @@ class Options:
     batch_size, shard_size : the model runs on batches of ``batch_size``
         series; a unit of work covers ``shard_size`` series (a multiple of
         ``batch_size``). Neither changes the effects.
-    jit_compile : compile the forward pass with XLA.
+    jit_compile : compile the forward pass with XLA; a ``keras.Sequential``
+        stack of LSTM (and Dense, Flatten, Dropout) layers then runs as
+        rnnimp's fused program (:mod:`rnnimp.lstm`, equal to ``model(x)`` to
+        float32 rounding). False: plain ``model(x)`` in a ``tf.function``.
     """
 
     n_repeats: int = 30
