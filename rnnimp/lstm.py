@@ -13,7 +13,7 @@ without retracing. Outputs agree with ``model(x)`` to float32 rounding
 (a few 1e-7 here), not bit for bit.
 
 Only a ``keras.Sequential`` chain of LSTM, Dense, Flatten and Dropout layers
-in float32 qualifies; :func:`fused_forward` returns None for anything else
+(at least one LSTM) in float32 qualifies; :func:`fused_forward` returns None for anything else
 and the caller falls back to ``model(x)``.
 """
 
@@ -37,6 +37,8 @@ def fusable(model) -> bool:
 
     if type(model) is not keras.Sequential or len(model.inputs) != 1 or len(model.inputs[0].shape) != 3:
         return False
+    if not any(type(layer).__name__ == "LSTM" for layer in model.layers):
+        return False  # nothing to fuse
     for layer in model.layers:
         kind = type(layer).__name__
         if kind not in FUSABLE_LAYERS or type(layer).__module__.split(".")[0] != "keras":

@@ -67,6 +67,7 @@ def test_write_produces_readable_parquet_with_provenance(linear_model, sample, t
     assert metadata["seed"] == 0 and metadata["configuration"]["noise_scale"] == 0.2
     assert metadata["job_configuration"] == {"note": "test"}
     assert len(metadata["model_fingerprint"]) == 64
+    assert metadata["forward"] == "keras-xla"  # a Dense model: nothing for the fused LSTM program
     assert {"numpy", "pyarrow", "keras"} <= set(metadata["versions"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "comparisons.parquet", "effects.parquet", "effects.png", "model.keras", "rank_probabilities.parquet",

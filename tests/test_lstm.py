@@ -60,12 +60,13 @@ def test_other_lstm_stacks_match_keras(layers):
 
 @pytest.mark.parametrize("build", [
     lambda: sequential(keras.layers.GRU(4)),
+    lambda: sequential(keras.layers.Dense(2), keras.layers.Flatten()),
     lambda: sequential(keras.layers.LSTM(4, go_backwards=True)),
     lambda: sequential(keras.layers.Bidirectional(keras.layers.LSTM(4))),
     lambda: sequential(keras.layers.LSTM(4, dtype="mixed_float16")),
     lambda: sequential(keras.layers.LSTM(4, activation="softmax")),
     lambda: keras.Model(*(lambda i: (i, keras.layers.LSTM(4)(i)))(keras.Input((7, 4)))),
-], ids=["gru", "backwards", "bidirectional", "mixed-precision", "softmax-cell", "functional"])
+], ids=["gru", "no-lstm", "backwards", "bidirectional", "mixed-precision", "softmax-cell", "functional"])
 def test_other_models_fall_back_to_keras(build):
     model = build()
     assert not fusable(model) and fused_forward(model) is None
