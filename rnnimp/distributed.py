@@ -266,6 +266,7 @@ class RayExecutor:
         self._job_refs: tuple = ()
         self._baseline: Baseline | None = None
         self._baseline_shards: list = []  # object refs, replaced when a shard is lost
+        self._recomputed = 0
 
     @property
     def actors(self) -> list:
@@ -332,6 +333,9 @@ class RayExecutor:
 
     def _recompute_baseline(self, job: EvaluationJob, shard: Shard) -> None:
         """Compute a lost baseline shard again and wait for it, on any live worker."""
+        self._recomputed += 1
+        if self._recomputed > 3 * len(self._baseline_shards) + 10:
+            raise RuntimeError(f"lost {self._recomputed} baseline shards in this run; giving up (see the Ray logs)")
         for _ in range(3 * self.pool.size + 10):
             if not self.pool.live:
                 self.pool.wait_until_ready()

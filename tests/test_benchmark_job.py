@@ -31,3 +31,20 @@ def test_benchmark_refuses_a_bad_size_in_one_line():
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "--samples" in done.stderr
     assert done.stdout == ""
+
+
+def test_plain_loop_model_does_not_inherit_the_fast_training_settings():
+    import keras
+    import numpy as np
+
+    from rnnimp import reference
+    from rnnimp.bench import plainly_compiled
+
+    model = reference.build_model(0)
+    model.compile(optimizer="adam", loss="binary_crossentropy", jit_compile=True, steps_per_execution=100)
+    plain = plainly_compiled(model)
+    assert plain.jit_compile is False and plain.steps_per_execution == 1
+    assert model.jit_compile is True and model.steps_per_execution == 100
+    sample = reference.evaluation_sample(0, 50)
+    np.testing.assert_array_equal(np.asarray(plain(sample)), np.asarray(model(sample)))
+    assert isinstance(plain, keras.Sequential)
