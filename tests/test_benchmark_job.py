@@ -11,7 +11,8 @@ pytestmark = pytest.mark.slow
 
 def test_benchmark_prints_its_table_and_a_json_line():
     done = run_job("jobs.benchmark", "--samples", "3000", "--repeats", "2", "--num-cpus", "2",
-                   "--plain-passes", "1", "--epochs", "1", "--eval-batch-size", "512", "--shard-size", "1024")
+                   "--plain-passes", "1", "--epochs", "1", "--eval-batch-size", "512", "--shard-size", "1024",
+                   "--compare-training")
     assert done.returncode == 0, done.stderr[-3000:]
     *table, last = done.stdout.strip().splitlines()
     figures = json.loads(last)
@@ -22,6 +23,10 @@ def test_benchmark_prints_its_table_and_a_json_line():
     assert figures["efficiency"] == pytest.approx(
         figures["rnnimp_steps_per_s"] / (2 * figures["one_thread_steps_per_s"]), abs=1e-4)  # JSON rounds to 4 places
     assert figures["worker_peak_rss_bytes"] > 0 and figures["driver_peak_rss_bytes"] > 0
+    # The same batches and number of steps, fast or plain: the same final loss.
+    assert abs(figures["train_fast_idle_loss"] - figures["train_plain_loss"]) < 0.02
+    assert figures["train_fast_idle_loss"] == figures["train_fast_loss"]
+    assert figures["train_speedup"] > 0
     text = "\n".join(table)
     assert "(a) plain loop" in text and "(c) rnnimp on 2 Ray workers" in text and "efficiency of (c)" in text
 
