@@ -13,8 +13,9 @@ without retracing. Outputs agree with ``model(x)`` to float32 rounding
 (a few 1e-7 here), not bit for bit.
 
 Only a ``keras.Sequential`` chain of LSTM, Dense, Flatten and Dropout layers
-(at least one LSTM) in float32 qualifies; :func:`fused_forward` returns None for anything else
-and the caller falls back to ``model(x)``.
+(at least one LSTM) in float32 qualifies; :func:`fused_forward` returns None
+for anything else and the caller falls back to ``model(x)``. An input of
+unknown length is unrolled over the length of the batches it is called on.
 """
 
 from __future__ import annotations

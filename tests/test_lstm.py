@@ -74,3 +74,10 @@ def test_other_models_fall_back_to_keras(build):
     batch = np.random.default_rng(0).normal(size=(16, 7, 4)).astype(np.float32)
     np.testing.assert_allclose(model_forward(model, jit_compile=False)(batch),
                                np.asarray(model(batch)).reshape(16, -1).astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+def test_input_of_unknown_length_is_unrolled_over_the_batch_length():
+    keras.utils.set_random_seed(5)
+    model = randomize(sequential(keras.layers.LSTM(5, return_sequences=True), keras.layers.LSTM(3), time_steps=None), 6)
+    batch = np.random.default_rng(0).normal(size=(32, 6, 4)).astype(np.float32)
+    np.testing.assert_allclose(fused_forward(model)(batch), np.asarray(model(batch)), rtol=0, atol=2e-6)
