@@ -255,5 +255,6 @@ def model_forward(model, jit_compile: bool = True) -> Callable[[np.ndarray], np.
     """
     from .lstm import fused_forward
 
-    fused = fused_forward(model) if forward_kind(model, jit_compile) == "fused-lstm" else None
-    return fused or keras_forward(model, jit_compile)
+    if forward_kind(model, jit_compile) == "fused-lstm":
+        return fused_forward(model)
+    return keras_forward(model, jit_compile)

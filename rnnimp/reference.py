@@ -21,7 +21,7 @@ FEATURE_NAMES = ("x1", "x2", "x3")
 
 def make_series(rng: np.random.Generator, n_series: int) -> tuple[np.ndarray, np.ndarray]:
     """Inputs (n_series, 10, 3) uniform in [0, 1) and targets x1*x2 (n_series, 10), float32."""
-    inputs = rng.random((n_series, TIME_STEPS, N_FEATURES), dtype=np.float32)
+    inputs = _draw_inputs(rng, n_series)
     targets = inputs[:, :, 0] * inputs[:, :, 1]
     return inputs, targets
 
@@ -32,7 +32,12 @@ def evaluation_sample(seed: int, n_series: int) -> np.ndarray:
     The inputs of :func:`make_series` on the evaluation stream, drawn without
     their targets (which the method never uses).
     """
-    return generator(seed, Stream.EVALUATION_SAMPLE).random((n_series, TIME_STEPS, N_FEATURES), dtype=np.float32)
+    return _draw_inputs(generator(seed, Stream.EVALUATION_SAMPLE), n_series)
+
+
+def _draw_inputs(rng: np.random.Generator, n_series: int) -> np.ndarray:
+    """(n_series, 10, 3) float32 uniform in [0, 1)."""
+    return rng.random((n_series, TIME_STEPS, N_FEATURES), dtype=np.float32)
 
 
 def build_model(seed: int):
