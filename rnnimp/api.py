@@ -16,6 +16,8 @@ import pyarrow as pa
 from . import output, stats, validation
 from .checkpoint import Checkpoint, unit_id
 from .errors import InvalidParameterError
+from .inputs import (InputLayout, check_padding, feature_names, input_arrays, layout_of, model_input_names,
+                     resolve_mask_values)
 from .method import LOSSES, METRICS, Layout, Metric, Target, effect, forward_kind, plan_units
 from .modelio import ModelSpec
 from .perturb import Perturbation
@@ -47,6 +49,12 @@ class ImportanceResult:
     a time-step map; ``effects[f, r]`` is the effect of perturbing target f
     with repeat r's draws. With adaptive repeats, repeats a target did not
     need are NaN. Targets are the features, then the groups.
+
+    ``cells`` lists the (target, step) pairs of a time-step map that were
+    run, in summary order; step None for a target of static features, whose
+    effects sit at step 0 of ``effects`` (its other steps, and steps beyond
+    a shorter input's length, are NaN). ``target_inputs``: with several model
+    inputs, the input(s) of each target's features.
     """
 
     target_names: list[str]
@@ -56,6 +64,8 @@ class ImportanceResult:
     confidence: float
     metadata: dict[str, Any] = field(default_factory=dict)
     checkpoint: Checkpoint | None = None
+    cells: list[tuple[int, int | None]] | None = None
+    target_inputs: list[str] | None = None
 
     @property
     def per_step(self) -> bool:
@@ -65,32 +75,49 @@ class ImportanceResult:
     def feature_names(self) -> list[str]:
         return self.target_names
 
+    def _row_cells(self) -> list[tuple[int, int | None]]:
+        """(target, step) of each summary row."""
+        if self.cells is not None:
+            return list(self.cells)
+        n_steps = self.effects.shape[1] if self.per_step else 1
+        return [(t, s if self.per_step else None) for t in range(len(self.target_names)) for s in range(n_steps)]
+
+    def _grid(self, values: np.ndarray) -> np.ndarray:
+        """Summary-row ``values`` placed in the (targets[, steps]) grid of ``effects``, NaN elsewhere."""
+        grid = np.full(self.effects.shape[:-1], np.nan)
+        for (target, step), value in zip(self._row_cells(), values):
+            grid[(target, step or 0) if self.per_step else target] = value
+        return grid
+
     @property
     def importances_mean(self) -> np.ndarray:
-        return self.summary.mean.reshape(self.effects.shape[:-1])
+        return self._grid(self.summary.mean)
 
     @property
     def importances_std(self) -> np.ndarray:
-        return self.summary.std.reshape(self.effects.shape[:-1])
+        return self._grid(self.summary.std)
 
     def _cells(self) -> dict[str, pa.Array]:
-        """Columns naming each summary row: target index, name, features, and step."""
-        n_targets = len(self.target_names)
-        n_steps = self.effects.shape[1] if self.per_step else 1
-        index = np.repeat(np.arange(n_targets), n_steps)
+        """Columns naming each summary row: target index, name, input, features, and step."""
+        cells = self._row_cells()
+        index = np.array([t for t, _ in cells], dtype=np.int64)
         columns = {
             "feature_index": pa.array(index, pa.int32()),
             "feature": pa.array([self.target_names[i] for i in index], pa.string()),
-            "features": pa.array([self.target_features[i] for i in index], pa.list_(pa.string())),
         }
+        if self.target_inputs is not None:
+            columns["input"] = pa.array([self.target_inputs[i] for i in index], pa.string())
+        columns["features"] = pa.array([self.target_features[i] for i in index], pa.list_(pa.string()))
         if self.per_step:
-            columns["step"] = pa.array(np.tile(np.arange(n_steps), n_targets), pa.int32())
+            columns["step"] = pa.array([s for _, s in cells], pa.int32())
         return columns
 
     def effects_table(self) -> pa.Table:
         """One row per (target[, step], repeat) that was run."""
         cells = self._cells()
-        flat = self.effects.reshape(-1, self.effects.shape[-1])
+        n_steps = self.effects.shape[1] if self.per_step else 1
+        rows = [t * n_steps + (s or 0) for t, s in self._row_cells()]
+        flat = self.effects.reshape(-1, self.effects.shape[-1])[rows]
         cell_index, repeat = np.nonzero(np.isfinite(flat))
         columns = {name: column.take(pa.array(cell_index)) for name, column in cells.items()}
         first_repeat = self.metadata.get("configuration", {}).get("first_repeat", 0)
@@ -189,25 +216,45 @@ def resolve_targets(names: list[str], groups: Mapping[str, Sequence[str | int]] 
     return targets
 
 
-def resolve_perturbation(kind: str, sample: np.ndarray, noise_scale: float, noise_relative: float | None,
-                         ablate_value: str | float) -> Perturbation:
-    """The perturbation with its per-feature scales or replacement values fixed on ``sample``."""
+def _feature_values(sample, mask_values: Sequence[float | None] = ()) -> list[np.ndarray]:
+    """Per input, its values as (values, features), padded steps of masked inputs left out."""
+    arrays = [sample] if isinstance(sample, np.ndarray) else list(sample)
+    masks = list(mask_values) or [None] * len(arrays)
+    values = []
+    for array, mask_value in zip(arrays, masks):
+        rows = array.reshape(-1, array.shape[-1])
+        if mask_value is not None:
+            rows = rows[np.any(rows != np.float32(mask_value), axis=1)]
+        values.append(rows)
+    return values
+
+
+def resolve_perturbation(kind: str, sample, noise_scale: float, noise_relative: float | None,
+                         ablate_value: str | float, mask_values: Sequence[float | None] = ()) -> Perturbation:
+    """The perturbation with its per-feature scales or replacement values fixed on ``sample``.
+
+    ``sample``: one array (series, time, features), or one array per model
+    input; scales and values are per global feature (inputs in order), their
+    statistics taken over real steps only where an input has a mask value.
+    """
     if kind not in PERTURBATIONS:
         raise InvalidParameterError("perturbation", f"must be one of {', '.join(PERTURBATIONS)}", kind)
-    n_features = sample.shape[2]
+    per_input = _feature_values(sample, mask_values)
+    n_features = sum(v.shape[1] for v in per_input)
     if kind == "noise":
         if noise_relative is not None:
             relative = validation.positive_finite("noise_relative", noise_relative)
-            stds = sample.reshape(-1, n_features).std(axis=0, dtype=np.float64)
+            stds = np.concatenate([v.std(axis=0, dtype=np.float64) for v in per_input])
             return Perturbation("noise", scales=tuple(float(relative * s) for s in stds))
         scale = validation.positive_finite("noise_scale", noise_scale)
         return Perturbation("noise", scales=(scale,) * n_features)
     if kind == "permute":
-        if sample.shape[0] < 2:
-            raise InvalidParameterError("X", "must hold at least 2 series to permute", sample.shape[0])
+        n_series = len(sample) if isinstance(sample, np.ndarray) else len(sample[0])
+        if n_series < 2:
+            raise InvalidParameterError("X", "must hold at least 2 series to permute", n_series)
         return Perturbation("permute")
     if ablate_value == "mean":
-        values = sample.reshape(-1, n_features).mean(axis=0, dtype=np.float64)
+        values = np.concatenate([v.mean(axis=0, dtype=np.float64) for v in per_input])
     elif ablate_value == "zero":
         values = np.zeros(n_features)
     else:
@@ -274,9 +321,14 @@ def _resolve_executor(executor):
     raise InvalidParameterError("executor", "must be 'local', 'ray' or an executor object", executor)
 
 
-def data_fingerprint(sample: np.ndarray, labels: np.ndarray | None) -> str:
-    digest = hashlib.sha256(str(sample.shape).encode())
-    digest.update(memoryview(sample).cast("B"))
+def data_fingerprint(sample, labels: np.ndarray | None) -> str:
+    """SHA-256 of the sample (one array, or one per input) and the labels."""
+    arrays = [sample] if isinstance(sample, np.ndarray) else list(sample)
+    digest = hashlib.sha256(str(arrays[0].shape).encode())
+    for index, array in enumerate(arrays):
+        if index:
+            digest.update(str(array.shape).encode())
+        digest.update(memoryview(array).cast("B"))
     if labels is not None:
         digest.update(memoryview(np.ascontiguousarray(labels)).cast("B"))
     return digest.hexdigest()
@@ -318,7 +370,16 @@ class Options:
         repeats: after the first wave, add waves of ``wave_repeats`` to the
         targets whose t-interval half-width exceeds ``target_halfwidth``
         (times |mean| if ``relative``), up to ``max_repeats``.
-    feature_names : one name per feature (default x1, x2, ...).
+    feature_names : one name per feature (default x1, x2, ...); with several
+        inputs, a list over all inputs' features in input order, or
+        {input name: names}.
+    mask_value : padding value of the sequence inputs: None (the
+        ``mask_value`` of a Keras ``Masking`` layer reading the input, if
+        any, else no mask), a number, or {input name: number}. Padded steps
+        (all features equal to it) are never perturbed; masked outputs are
+        left out of the metric.
+    padding : "post" or "pre": where series were padded; aligns the real
+        steps of series of different lengths when a permutation exchanges them.
     batch_size, shard_size : the model runs on batches of ``batch_size``
         series; a unit of work covers ``shard_size`` series (a multiple of
         ``batch_size``). Neither changes the effects.
@@ -346,7 +407,9 @@ class Options:
     relative: bool = False
     max_repeats: int | None = None
     wave_repeats: int = 5
-    feature_names: Sequence[str] | None = None
+    feature_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None
+    mask_value: float | Mapping[str, float] | None = None
+    padding: str = "post"
     batch_size: int = DEFAULT_BATCH_SIZE
     shard_size: int = DEFAULT_SHARD_SIZE
     jit_compile: bool = True
@@ -357,14 +420,28 @@ class Request:
     """A validated run: the options resolved against the model and the data."""
 
     options: Options
-    sample: np.ndarray
+    sample: np.ndarray | tuple[np.ndarray, ...]  # one array for a single-input model, else one per input
     labels: np.ndarray | None
     names: list[str]
     targets: list[Target]
-    steps: list[int | None]
+    steps: list[list[int | None]]  # per target: the steps of a time-step map, or [None]
     settings: Settings
     max_repeats: int | None
     configuration: dict[str, Any]
+
+    @property
+    def inputs(self) -> InputLayout:
+        return self.settings.inputs
+
+    @property
+    def cells(self) -> list[tuple[int, int | None]]:
+        return [(t, s) for t, steps in enumerate(self.steps) for s in steps]
+
+    def target_inputs(self) -> list[str] | None:
+        """Per target, the comma-separated names of the inputs its features come from (several inputs only)."""
+        if self.inputs.n_inputs == 1:
+            return None
+        return [",".join(self.inputs.names[k] for k, _, _ in self.inputs.parts(t.features)) for t in self.targets]
 
 
 def prepare(model, X, y=None, options: Options = Options()) -> Request:
@@ -390,14 +467,24 @@ def prepare(model, X, y=None, options: Options = Options()) -> Request:
         max_repeats = validation.positive_int("max_repeats", o.max_repeats or 10 * n_repeats)
         if max_repeats < n_repeats:
             raise InvalidParameterError("max_repeats", f"must be at least n_repeats ({n_repeats})", max_repeats)
-    sample = validation.series_array("X", X)
-    _check_model_fits(model, sample)
-    n_samples, time_steps, n_features = sample.shape
-    names = _feature_names(o.feature_names, n_features)
+    padding = check_padding(o.padding)
+    if len(model.inputs) == 1 and len(model.inputs[0].shape) == 3 and isinstance(X, np.ndarray):
+        sample = validation.series_array("X", X)
+        _check_model_fits(model, sample)
+        input_names, arrays = model_input_names(model), [sample]
+    else:
+        input_names, arrays = input_arrays(model, X)
+        sample = arrays[0] if len(arrays) == 1 else tuple(arrays)
+    mask_values = resolve_mask_values(o.mask_value, model, input_names, arrays)
+    inputs = layout_of(input_names, arrays, mask_values, padding)
+    n_samples, time_steps, n_features = len(arrays[0]), inputs.max_time_steps, inputs.n_features
+    names = feature_names(input_names, arrays, o.feature_names)
     targets = resolve_targets(names, o.groups)
-    perturb = resolve_perturbation(o.perturbation, sample, o.noise_scale, o.noise_relative, o.ablate_value)
+    perturb = resolve_perturbation(o.perturbation, arrays, o.noise_scale, o.noise_relative, o.ablate_value,
+                                   mask_values)
     measure, labels = resolve_metric(o.metric, o.loss, y, model, n_samples)
     layout = Layout.for_sample(n_samples, o.batch_size, o.shard_size)
+    steps = [_target_steps(inputs, target, o.per_step) for target in targets]
     configuration = {
         "perturbation": o.perturbation, "scales": list(perturb.scales), "ablate_values": list(perturb.values),
         "metric": o.metric, "loss": o.loss if o.metric == "loss-increase" else None,
@@ -410,9 +497,27 @@ def prepare(model, X, y=None, options: Options = Options()) -> Request:
         "n_features": n_features, "feature_names": names, "batch_size": layout.batch_size,
         "shard_size": layout.shard_size, "jit_compile": o.jit_compile,
     }
-    steps: list[int | None] = list(range(time_steps)) if o.per_step else [None]
+    if inputs.n_inputs > 1 or any(v is not None for v in mask_values):
+        configuration["inputs"] = {name: {"kind": inputs.kind(k), "shape": list(inputs.shapes[k]),
+                                          "mask_value": inputs.mask_values[k]}
+                                   for k, name in enumerate(inputs.names)}
+        configuration["padding"] = padding
     return Request(o, sample, labels, names, targets, steps,
-                   Settings(layout, perturb, measure, o.jit_compile), max_repeats, configuration)
+                   Settings(layout, perturb, measure, o.jit_compile, inputs), max_repeats, configuration)
+
+
+def _target_steps(inputs: InputLayout, target: Target, per_step: bool) -> list[int | None]:
+    """The steps of a target in a time-step map: those of its longest sequence input, or [None]."""
+    if not per_step:
+        return [None]
+    parts = inputs.parts(target.features)
+    sequence = [k for k, _, _ in parts if inputs.is_sequence(k)]
+    if not sequence:
+        return [None]
+    if len(sequence) < len(parts):
+        raise InvalidParameterError("groups", "must not mix static and sequence features in a time-step map "
+                                    "(per_step)", target.name)
+    return list(range(max(inputs.shapes[k][0] for k in sequence)))
 
 
 def sensitivity_importance(
@@ -477,14 +582,14 @@ def run(model, request: Request, *, executor: Any = None, progress: bool = False
                                     f"shape {request.labels.shape}")
 
     sums: dict[tuple[int, int, int], list[np.ndarray]] = defaultdict(list)
-    cells = [(t, -1 if s is None else s) for t in range(len(request.targets)) for s in request.steps]
+    cells = [(t, -1 if s is None else s) for t, s in request.cells]
     active = set(cells)
     done_repeats, wave, n_units, from_checkpoint = 0, o.n_repeats, 0, 0
     met = np.zeros(len(cells), dtype=bool)
     while active and wave > 0:
         repeats = range(o.first_repeat + done_repeats, o.first_repeat + done_repeats + wave)
         units = [u for u in plan_units(o.random_state, request.targets, repeats, settings.layout.shards,
-                                       request.steps, o.resample)
+                                       resample=o.resample, target_steps=request.steps)
                  if (u.target, -1 if u.step is None else u.step) in active]
         n_units += len(units)
         todo = []
@@ -531,11 +636,17 @@ def run(model, request: Request, *, executor: Any = None, progress: bool = False
             run_metadata[key] = {**run_metadata[key], **value}
         else:
             run_metadata[key] = value
-    n_targets, time_steps = len(request.targets), request.sample.shape[1]
-    shape = (n_targets, time_steps, done_repeats) if o.per_step else (n_targets, done_repeats)
+    n_targets = len(request.targets)
+    if o.per_step:
+        grid = np.full((n_targets, request.inputs.max_time_steps or 1, done_repeats), np.nan)
+        for row, (target, step) in enumerate(request.cells):
+            grid[target, step or 0] = effects[row]
+    else:
+        grid = effects.reshape(n_targets, done_repeats)
     return ImportanceResult(
         [t.name for t in request.targets], [[request.names[i] for i in t.features] for t in request.targets],
-        effects.reshape(shape), summary, o.confidence, run_metadata, store)
+        grid, summary, o.confidence, run_metadata, store,
+        cells=request.cells if o.per_step else None, target_inputs=request.target_inputs())
 
 
 def _effects_matrix(sums, cells, first_repeat: int, n_repeats: int, metric: Metric) -> np.ndarray:

@@ -196,9 +196,8 @@ def execute(args: argparse.Namespace, request, job_configuration: dict[str, Any]
     timings: dict[str, float] = {}
     job_started = started = time.perf_counter()
     where = distributed.connect(args.num_cpus, args.connect_timeout)
-    sample = request.sample
     executor = distributed.RayExecutor().warm_up(
-        architecture_json, request.settings.layout.batch_size, sample.shape[1], sample.shape[2])
+        architecture_json, request.settings.layout.batch_size, request.inputs.shapes)
     timings["start_ray"] = time.perf_counter() - started
     print(f"rnnimp: running on {where} with {len(executor.actors)} workers; results go to {args.out}", flush=True)
     try:

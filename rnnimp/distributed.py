@@ -112,8 +112,8 @@ class _EvaluationWorker:
     def ready(self) -> int:
         return os.getpid()
 
-    def warm_up(self, architecture_json, batch_size, time_steps, n_features, jit_compile) -> None:
-        warm_up(architecture_json, batch_size, time_steps, n_features, jit_compile)
+    def warm_up(self, architecture_json, batch_size, input_shapes, jit_compile) -> None:
+        warm_up(architecture_json, batch_size, input_shapes, jit_compile)
 
     def stats(self) -> dict:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
@@ -280,12 +280,15 @@ class RayExecutor:
             self.pool = ActorPool(count)
         return self
 
-    def warm_up(self, architecture_json: str, batch_size: int, time_steps: int, n_features: int,
+    def warm_up(self, architecture_json: str, batch_size: int, input_shapes: tuple[tuple[int, ...], ...],
                 jit_compile: bool = True) -> "RayExecutor":
-        """Have every worker build and compile this architecture now, in the background."""
+        """Have every worker build and compile this architecture now, in the background.
+
+        ``input_shapes``: per model input, one series' shape ((time, features) or (features,)).
+        """
         self.start()
         self._warm_up_refs = self.pool.setup(
-            lambda actor: actor.warm_up.remote(architecture_json, batch_size, time_steps, n_features, jit_compile))
+            lambda actor: actor.warm_up.remote(architecture_json, batch_size, input_shapes, jit_compile))
         return self
 
     def worker_stats(self) -> list[dict]:
