@@ -296,9 +296,9 @@ def feature_names(names: Sequence[str], arrays: Sequence[np.ndarray],
     """One distinct name per global feature.
 
     ``given``: None (``x1, x2, ...`` for one input; ``INPUT.x1, ...`` for
-    several), a list of all names in global order, or {input name: names} for
-    some inputs (the others get defaults). Names shared by two inputs become
-    ``INPUT.FEATURE``.
+    each of several), a list of all names in global order, or {input name:
+    names} for some inputs (the others get defaults). A name given for two
+    inputs becomes ``INPUT.FEATURE`` in both.
     """
     counts = [a.shape[-1] for a in arrays]
     if given is not None and not isinstance(given, Mapping):
@@ -311,7 +311,8 @@ def feature_names(names: Sequence[str], arrays: Sequence[np.ndarray],
     for name, count in zip(names, counts):
         chosen = None if given is None else given.get(name)
         if chosen is None:
-            chosen = [f"x{i + 1}" for i in range(count)]
+            prefix = f"{name}." if len(names) > 1 else ""
+            chosen = [f"{prefix}x{i + 1}" for i in range(count)]
         chosen = [str(n) for n in chosen]
         if len(chosen) != count or len(set(chosen)) != count or not all(chosen):
             raise InvalidParameterError("feature_names", f"input {name!r} needs {count} distinct non-empty names",
