@@ -1,53 +1,124 @@
 """Importance of the inputs of your own Keras model on your own series, as a Ray job.
 
   python -m jobs.importance --model M.keras --data X.npy|X.parquet --out DIR [options]
+  python -m jobs.importance --model M.keras --data seq=S.parquet --data static=C.parquet ...
 
 --data is a .npy array (series, time, features) or a long-form Parquet
-table (a series id column, a time column, one column per feature). The model
-is loaded in Keras safe mode; any output shape works (the effect covers all
-output values). Attaches to RAY_ADDRESS or starts an embedded local Ray.
+table (a series id column, a time column, one column per feature). A model
+with several inputs takes --data NAME=PATH once per input, NAME being the
+input's name in the model; a static input is a .npy (series, features) or a
+Parquet table with one row per series (series id column + feature columns).
+Parquet series are matched by id across inputs. With a mask value (--mask-value,
+or a Keras Masking layer on the input), long-form series may have different
+lengths and are padded with it (--padding post|pre); padded steps are never
+perturbed. The model is loaded in Keras safe mode; any output shape works
+(the effect covers all output values, masked output steps left out).
+Attaches to RAY_ADDRESS or starts an embedded local Ray.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
 from typing import Sequence
 
 from rnnimp import cli
+from rnnimp.errors import InvalidParameterError
 
 
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m jobs.importance", description=__doc__,
                                 formatter_class=cli.argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--model", required=True, help="the .keras model, taking (batch, time, features)")
-    add("--data", required=True, help="evaluation series: .npy (series, time, features) or long-form .parquet")
+    add("--model", required=True, help="the .keras model, taking (batch, time, features) or several inputs")
+    add("--data", required=True, action="append", metavar="[NAME=]PATH",
+        help="evaluation data: PATH for a single-input model (.npy (series, time, features) or long-form "
+             ".parquet); NAME=PATH once per input of a model with several (static inputs: .npy (series, "
+             "features) or .parquet with one row per series)")
     add("--labels", default=None, help="labels for --metric loss-increase: .npy (series, ...) or long-form .parquet")
-    add("--feature-names", default=None, help="comma-separated names (default: Parquet columns, or x1, x2, ...)")
+    add("--feature-names", default=None,
+        help="comma-separated names of all features, inputs in model order (default: Parquet columns, or x1, x2, ...)")
     add("--series-column", default="series", help="series id column of Parquet input (default: %(default)s)")
     add("--time-column", default="time", help="time column of Parquet input (default: %(default)s)")
+    add("--mask-value", action="append", default=[], metavar="[NAME=]V",
+        help="padding value of the sequence inputs (all, or NAME's): steps whose features all equal it are "
+             "never perturbed (default: the mask_value of a Keras Masking layer reading the input, else none)")
+    add("--padding", choices=("post", "pre"), default="post",
+        help="where long-form series of different lengths are padded, and how permuted series of different "
+             "lengths are aligned: post (at the end) or pre (at the start) (default: %(default)s)")
     cli.add_run_options(parser, out_default="results/importance")
     return parser.parse_args(argv)
 
 
+def parse_mask_values(values: Sequence[str]) -> float | dict[str, float] | None:
+    """``--mask-value`` values: one number for every sequence input, or NAME=V per input."""
+    if not values:
+        return None
+    parsed: dict[str, float] = {}
+    for value in values:
+        name, separator, number = value.rpartition("=")
+        try:
+            mask = float(number)
+        except ValueError:
+            mask = math.nan
+        if not math.isfinite(mask) or (separator and not name):
+            raise InvalidParameterError("--mask-value", "must be a finite number, or NAME=number", value)
+        parsed[name] = mask
+    if "" in parsed:
+        if len(values) > 1:
+            raise InvalidParameterError("--mask-value", "must be one number, or NAME=number per input", values)
+        return parsed[""]
+    return parsed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    mask_value = parse_mask_values(args.mask_value)
     from rnnimp import data
-
-    sample, names = data.load_series(args.data, series_column=args.series_column, time_column=args.time_column)
-    names = data.feature_names_from_option(args.feature_names, sample.shape[2]) or names
-    labels = None
-    if args.labels is not None:
-        labels = data.load_labels(args.labels, sample.shape[0], series_column=args.series_column,
-                                  time_column=args.time_column)
-
+    from rnnimp.inputs import masking_values, model_input_names, model_input_shapes
     from rnnimp.modelio import architecture, configure_tensorflow, load_model
 
     configure_tensorflow(None)
     model = load_model(args.model, "--model")
-    options = cli.options_from_args(args, names)
-    request = cli.prepare_request(model, sample, labels, options)
-    job = {"name": "importance", "model": args.model, "data": args.data, "labels": args.labels}
+    input_names = model_input_names(model)
+    paths = data.parse_data_options(args.data, input_names)
+    several = len(input_names) > 1
+    if isinstance(mask_value, dict):
+        unknown = [name for name in mask_value if name not in input_names]
+        if unknown:
+            raise InvalidParameterError("--mask-value", f"must name inputs of the model ({', '.join(input_names)})",
+                                        unknown[0])
+    defaults = masking_values(model)
+    loaded = {}
+    for name, shape in zip(input_names, model_input_shapes(model)):
+        kind = data.SEQUENCE if len(shape) == 2 else data.STATIC
+        mask = mask_value.get(name) if isinstance(mask_value, dict) else mask_value
+        if mask is None and mask_value is None:
+            mask = defaults.get(name)
+        loaded[name] = data.load_input(
+            paths[name], kind, parameter=f"--data {name}" if several else "--data",
+            series_column=args.series_column, time_column=args.time_column,
+            mask_value=mask if kind == data.SEQUENCE else None, padding=args.padding)
+    data.match_series(loaded)
+    n_features = sum(item.array.shape[-1] for item in loaded.values())
+    names = data.feature_names_from_option(args.feature_names, n_features)
+    if names is None:
+        if several:
+            names = {name: item.feature_names for name, item in loaded.items() if item.feature_names}
+        else:
+            names = loaded[input_names[0]].feature_names
+    X = {name: item.array for name, item in loaded.items()} if several else loaded[input_names[0]].array
+    labels = None
+    if args.labels is not None:
+        labels = data.load_labels(args.labels, len(next(iter(loaded.values())).array),
+                                  series_column=args.series_column, time_column=args.time_column)
+
+    options = dataclasses.replace(cli.options_from_args(args, names or None), mask_value=mask_value,
+                                  padding=args.padding)
+    request = cli.prepare_request(model, X, labels, options)
+    job = {"name": "importance", "model": args.model, "data": args.data if several else args.data[0],
+           "labels": args.labels}
     cli.check_out(args.out, {"configuration": request.configuration, "job": job}, args.overwrite)
     return cli.execute(args, request, job, lambda: (model, {"phase": "load_model"}), architecture(model))
 

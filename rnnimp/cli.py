@@ -129,6 +129,8 @@ _OPTION_NAMES = {
 
 def as_option_error(error: InvalidParameterError) -> InvalidParameterError:
     """The same error naming the command-line option instead of the API parameter."""
+    if error.parameter.startswith("X["):  # one input of several: X['name']
+        return InvalidParameterError("--data " + error.parameter[3:-2], error.rule, error.value)
     option = _OPTION_NAMES.get(error.parameter, "--" + error.parameter.replace("_", "-"))
     rule = error.rule.replace("batch_size", "--eval-batch-size")
     return InvalidParameterError(option, rule, error.value)
