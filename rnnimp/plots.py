@@ -199,7 +199,7 @@ def bar_figure(
 
 def segments_figure(
     names: Sequence[str], segment_labels: Sequence[str], mean: np.ndarray, low: np.ndarray, high: np.ndarray,
-    axis_label: str = DEFAULT_AXIS_LABEL, *, title: str = SEGMENTS_TITLE,
+    axis_label: str = DEFAULT_AXIS_LABEL, *, title: str = SEGMENTS_TITLE, top: int | None = None,
 ) -> Figure:
     """One line per name across segments, with each segment's interval as an error bar.
 
@@ -207,7 +207,8 @@ def segments_figure(
     given order at x = 0, 1, ...; the lines are shifted slightly sideways
     from each other so their error bars do not hide one another. NaN values
     leave gaps. The legend lists the names, from the largest mean over the
-    segments to the smallest.
+    segments to the smallest. ``top``: draw only that many names, those with
+    the largest mean over the segments (many lines are hard to tell apart).
     """
     names = [str(name) for name in names]
     segment_labels = [str(label) for label in segment_labels]
@@ -221,6 +222,11 @@ def segments_figure(
         warnings.simplefilter("ignore", RuntimeWarning)  # a row of NaN: "Mean of empty slice"
         overall = np.nanmean(mean, axis=1) if n_segments else np.full(n_names, np.nan)
     order = effect_order(overall)
+    if top is not None:
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+            raise InvalidParameterError("top", "must be a positive integer", top)
+        order = order[:top]
+        n_names = len(order)
     legend_columns = 1 + (n_names - 1) // 25 if n_names else 1
     figure = _new_figure(max(6.0, 0.9 * n_segments + 3.5) + 1.6 * legend_columns,
                          max(4.5, 0.2 * n_names / legend_columns + 1.5))

@@ -140,3 +140,11 @@ def test_outputs_heatmap_is_a_png_of_features_by_outputs(n_rows):
 def test_outputs_heatmap_refuses_a_map_without_one_column_per_output():
     with pytest.raises(InvalidParameterError, match=r"mean_map: must have shape \(2, 3\)"):
         outputs_heatmap_figure(["a", "b"], ["o1", "o2", "o3"], np.zeros((2, 2)))
+
+
+def test_segments_chart_draws_only_the_top_names_when_asked():
+    mean = np.array([[0.1, 0.2], [0.5, 0.4], [0.3, np.nan], [0.0, 0.05]])
+    figure = segments_figure(["a", "b", "c", "d"], ["s1", "s2"], mean, mean, mean, top=2)
+    assert [container.get_label() for container in figure.axes[0].containers] == ["b", "c"]
+    with pytest.raises(InvalidParameterError, match="top: must be a positive integer"):
+        segments_figure(["a"], ["s1"], np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 1)), top=0)
