@@ -322,5 +322,6 @@ def outputs_heatmap_figure(
     names = [str(name) for name in names]
     output_labels = [str(label) for label in output_labels]
     shape = (len(names), len(output_labels))
-    values = _values("mean_map", mean_map, shape, f"must have shape {shape}, one row per name and one column per output")
+    rule = f"must have shape {shape}, one row per name and one column per output"
+    values = _values("mean_map", mean_map, shape, rule)
     return _heatmap(values, names, output_labels, "model output", title, axis_label)

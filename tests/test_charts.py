@@ -114,7 +114,8 @@ def test_segments_chart_draws_a_line_per_feature_through_its_segment_means(n_nam
         assert np.abs(lines[name].get_xdata() - np.arange(4)).max() < 0.2  # dodged sideways a little
     assert [label.get_text() for label in axes.get_xticklabels()] == segments
     error_bars = next(c for c in axes.containers if c.get_label() == "x1").lines[2][0].get_segments()
-    np.testing.assert_allclose([[s[0][1], s[1][1]] for s in error_bars], np.column_stack([mean[1] - 0.02, mean[1] + 0.03]))
+    np.testing.assert_allclose([[s[0][1], s[1][1]] for s in error_bars],
+                               np.column_stack([mean[1] - 0.02, mean[1] + 0.03]))
 
 
 def test_segments_chart_refuses_a_wrong_shape():
@@ -127,7 +128,8 @@ def test_outputs_heatmap_is_a_png_of_features_by_outputs(n_rows):
     rng = np.random.default_rng(2)
     names = [f"feature_{i:03d}" for i in range(n_rows)]
     mean_map = rng.random((n_rows, 3))
-    figure = outputs_heatmap_figure(names, ["cat", "dog", "bird"], mean_map, "RMS change of predictions, noise σ = 0.2")
+    label = "RMS change of predictions, noise σ = 0.2"
+    figure = outputs_heatmap_figure(names, ["cat", "dog", "bird"], mean_map, label)
     image = decode_png(figure)
     assert image.shape[0] >= 100 * 0.26 * n_rows
     axes = figure.axes[0]
