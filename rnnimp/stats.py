@@ -339,3 +339,75 @@ def rank_probabilities(effects: np.ndarray, names: Sequence[str]) -> pa.Table:
         "probability": pa.array(probability.reshape(-1), pa.float64()),
         "n_repeats": pa.array(np.full(n_targets * n_targets, complete.shape[1]), pa.int64()),
     })
+
+
+def segment_comparisons(
+    effects: np.ndarray, names: Sequence[str], segment_labels: Sequence[str], confidence: float,
+) -> pa.Table:
+    """Drift: each target's effect in every segment against the previous segment.
+
+    ``effects``: (segments, targets, repeats), NaN for repeats not run; the
+    repeats of different segments are independent (different series), so the
+    difference of the means gets a Welch interval (Welch–Satterthwaite
+    degrees of freedom), not a paired one. One row per (target, consecutive
+    segment pair), targets in order, then pairs in segment order:
+    ``index``, ``name``, ``segment_a``, ``segment_b`` (the labels of segment
+    s and s+1), ``n_a``, ``n_b`` (finite repeats), ``mean_a``, ``mean_b``,
+    ``mean_difference`` (mean_b − mean_a: positive when the effect grew),
+    ``welch_low``/``welch_high`` (its interval at ``confidence``), ``df``,
+    ``p_value`` (two-sided Welch t-test of equal means) and ``settled`` (the
+    interval excludes 0). Fewer than 2 finite repeats on either side gives
+    NaN bounds, df and p-value, not settled. Both sides constant gives the
+    interval [d, d], p-value 0 if d ≠ 0 else 1, and NaN df. No correction
+    for the number of comparisons.
+    """
+    confidence = validation.open_unit_interval("confidence", confidence)
+    values = np.asarray(effects, dtype=np.float64)
+    if values.ndim != 3:
+        raise InvalidParameterError("effects", "must have 3 dimensions (segments, targets, repeats)", values.shape)
+    n_segments, n_targets, _ = values.shape
+    names = _names(names, n_targets)
+    segment_labels = [str(label) for label in segment_labels]
+    if len(segment_labels) != n_segments:
+        raise InvalidParameterError(
+            "segment_labels", f"must be {n_segments} labels, one per segment of effects", segment_labels)
+    pairs = max(n_segments - 1, 0)
+    # Counts, means and stds (targets, segments), from the targets × segments rows of finite repeats.
+    counts, means, stds = (moment.reshape(n_targets, n_segments)
+                           for moment in _row_moments(values.transpose(1, 0, 2).reshape(n_targets * n_segments, -1)))
+    # (targets, pairs): the earlier segment a = s, the later b = s + 1.
+    n_a, mean_a, std_a = counts[:, :-1], means[:, :-1], stds[:, :-1]
+    n_b, mean_b, std_b = counts[:, 1:], means[:, 1:], stds[:, 1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variance_a, variance_b = std_a ** 2 / n_a, std_b ** 2 / n_b
+        standard_error = np.sqrt(variance_a + variance_b)
+        df = (variance_a + variance_b) ** 2 / (variance_a ** 2 / (n_a - 1) + variance_b ** 2 / (n_b - 1))
+        difference = mean_b - mean_a
+        spread = standard_error > 0
+        half_width = stats.t.ppf((1 + confidence) / 2, df) * standard_error
+        p_value = 2 * stats.t.sf(np.abs(difference) / standard_error, df)
+    half_width = np.where(spread, half_width, 0.0)
+    p_value = np.where(spread, p_value, np.where(difference != 0, 0.0, 1.0))
+    enough = (n_a >= 2) & (n_b >= 2)
+    low = np.where(enough, difference - half_width, np.nan)
+    high = np.where(enough, difference + half_width, np.nan)
+    df = np.where(enough & spread, df, np.nan)
+    p_value = np.where(enough, p_value, np.nan)
+    target = np.repeat(np.arange(n_targets), pairs)
+    segment = np.tile(np.arange(pairs), n_targets)
+    return pa.table({
+        "index": pa.array(target, pa.int32()),
+        "name": pa.array([names[i] for i in target], pa.string()),
+        "segment_a": pa.array([segment_labels[s] for s in segment], pa.string()),
+        "segment_b": pa.array([segment_labels[s + 1] for s in segment], pa.string()),
+        "n_a": pa.array(n_a.reshape(-1).astype(np.int64), pa.int64()),
+        "n_b": pa.array(n_b.reshape(-1).astype(np.int64), pa.int64()),
+        "mean_a": pa.array(mean_a.reshape(-1), pa.float64()),
+        "mean_b": pa.array(mean_b.reshape(-1), pa.float64()),
+        "mean_difference": pa.array(difference.reshape(-1), pa.float64()),
+        "welch_low": pa.array(low.reshape(-1), pa.float64()),
+        "welch_high": pa.array(high.reshape(-1), pa.float64()),
+        "df": pa.array(df.reshape(-1), pa.float64()),
+        "p_value": pa.array(p_value.reshape(-1), pa.float64()),
+        "settled": pa.array(((low > 0) | (high < 0)).reshape(-1), pa.bool_()),
+    })
