@@ -171,7 +171,9 @@ class ImportanceResult:
         from . import plots
 
         if self.per_step:
-            return plots.png_bytes(plots.heatmap_figure(self.importances_mean, self.target_names))
+            mapped = sorted({t for t, step in self._row_cells() if step is not None})  # static features: no map
+            return plots.png_bytes(plots.heatmap_figure(self.importances_mean[mapped],
+                                                        [self.target_names[t] for t in mapped]))
         s = self.summary
         level = f"{self.confidence:.0%} t-interval"
         return plots.png_bytes(plots.bar_figure(self.target_names, s.mean, s.t_low, s.t_high,

@@ -23,7 +23,8 @@ def row_labels(table: pa.Table) -> list[str]:
     names = table.column("feature").to_pylist()
     if "step" not in table.column_names:
         return names
-    return [f"{name}[{step}]" for name, step in zip(names, table.column("step").to_pylist())]
+    return [name if step is None else f"{name}[{step}]"  # step None: a static feature, without steps
+            for name, step in zip(names, table.column("step").to_pylist())]
 
 
 def format_summary(table: pa.Table, confidence: float) -> str:

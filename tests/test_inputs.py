@@ -178,3 +178,11 @@ def test_nan_mask_value_and_bad_padding_are_refused(model, data):
         run(model, data, mask_value={"static": 0.0})
     with pytest.raises(InvalidParameterError, match="padding: must be one of post, pre"):
         run(model, data, padding="middle")
+
+
+def test_per_step_results_write_and_print_with_static_features(model, data, tmp_path):
+    result = run(model, data, per_step=True)
+    paths = result.write(str(tmp_path / "out"))
+    assert set(paths) >= {"effects", "summary", "chart"}
+    text = result.format_summary()
+    assert "static.x1 " in text and "static.x1[" not in text and "seq.x1[3]" in text
