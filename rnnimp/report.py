@@ -35,12 +35,16 @@ def format_summary(table: pa.Table, confidence: float) -> str:
     """
     c = {name: table.column(name).to_numpy(zero_copy_only=False) for name in SUMMARY_COLUMNS}
     c["feature"] = row_labels(table)
+    inputs = table.column("input").to_pylist() if "input" in table.column_names else None  # several model inputs
+    width = max([12, *(len(name) for name in inputs or [])])
     level = f"{confidence:.0%}"
-    header = f"{'rank':>4}  {'feature':<12} {'mean':>9} {'std':>9}  {level + ' t-interval':>21}  {level + ' bootstrap':>21}"
+    header = (f"{'rank':>4}  {'feature':<12} " + (f"{'input':<{width}} " if inputs else "")
+              + f"{'mean':>9} {'std':>9}  {level + ' t-interval':>21}  {level + ' bootstrap':>21}")
     lines = [header, "-" * len(header)]
     for i in np.argsort(c["rank"], kind="stable"):
         lines.append(
-            f"{c['rank'][i]:>4}  {c['feature'][i]:<12} {c['mean'][i]:>9.4f} {c['std'][i]:>9.4f}"
+            f"{c['rank'][i]:>4}  {c['feature'][i]:<12} " + (f"{inputs[i]:<{width}} " if inputs else "")
+            + f"{c['mean'][i]:>9.4f} {c['std'][i]:>9.4f}"
             f"  [{c['t_low'][i]:>8.4f}, {c['t_high'][i]:>8.4f}]  [{c['bootstrap_low'][i]:>8.4f}, {c['bootstrap_high'][i]:>8.4f}]"
         )
     return "\n".join(lines)
