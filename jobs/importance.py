@@ -120,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     job = {"name": "importance", "model": args.model, "data": args.data if several else args.data[0],
            "labels": args.labels}
     cli.check_out(args.out, {"configuration": request.configuration, "job": job}, args.overwrite)
+    for name, mask in zip(request.inputs.names, request.inputs.mask_values):
+        if mask is not None:
+            print(f"rnnimp: input {name!r}: steps whose features all equal {mask:g} are padding and are "
+                  "not perturbed", flush=True)
     return cli.execute(args, request, job, lambda: (model, {"phase": "load_model"}), architecture(model))
 
 
