@@ -186,3 +186,18 @@ def test_per_step_results_write_and_print_with_static_features(model, data, tmp_
     assert set(paths) >= {"effects", "summary", "chart"}
     text = result.format_summary()
     assert "static.x1 " in text and "static.x1[" not in text and "seq.x1[3]" in text
+
+
+def test_merged_runs_of_a_multi_input_time_step_map_equal_one_run(model, data, tmp_path):
+    from rnnimp.merge import merge_runs
+
+    whole = sensitivity_importance(model, data, n_repeats=4, random_state=2, per_step=True)
+    parts = [sensitivity_importance(model, data, n_repeats=2, first_repeat=first, random_state=2, per_step=True)
+             for first in (0, 2)]
+    folders = [str(tmp_path / f"part{i}") for i in range(2)]
+    for part, folder in zip(parts, folders):
+        part.write(folder, chart=False)
+    merged = merge_runs(folders)
+    np.testing.assert_array_equal(merged.effects, whole.effects)
+    assert merged.summary_table().column("input").to_pylist() == whole.summary_table().column("input").to_pylist()
+    assert merged.summary_table().column("step").to_pylist() == whole.summary_table().column("step").to_pylist()
