@@ -71,7 +71,7 @@ def measure_one_thread(model_path: str, sample_path: str, batch_size: int) -> No
     configure_tensorflow(threads=1)
     import numpy as np
 
-    from rnnimp.bench import forward_seconds_per_pass
+    from jobs.benchmark_tools import forward_seconds_per_pass
     from rnnimp.modelio import load_model
 
     sample, model = np.load(sample_path), load_model(model_path)
@@ -93,8 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import numpy as np
 
     from rnnimp import distributed, reference, sensitivity_importance
-    from rnnimp.bench import forward_seconds_per_pass, plain_loop_seconds_per_pass, plainly_compiled
-    from rnnimp.method import Layout, forward_kind
+    from jobs.benchmark_tools import forward_seconds_per_pass, plain_loop_seconds_per_pass, plainly_compiled
+    from rnnimp.forward import forward_kind
+    from rnnimp.method import Layout
     from rnnimp.worker import peak_rss_bytes
 
     figures: dict = {"samples": args.samples, "repeats": args.repeats, "workers": args.num_cpus,
