@@ -48,8 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_tensorflow(None)
     model = load_model(args.model, "--model")
+    from rnnimp.options import prepare
+
     options = cli.options_from_args(args, JOB, feature_names=names)
-    request = cli.prepare_request(model, sample, labels, options, cli.parameter_names(JOB, INPUTS))
+    request = prepare(model, sample, labels, options, cli.parameter_names(JOB, INPUTS))
     job = {"name": JOB, "model": args.model, "data": args.data, "labels": args.labels}
     cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
     return cli.execute(execution, request, job, lambda: (model, {"phase": "load_model"}), architecture(model))

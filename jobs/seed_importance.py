@@ -69,8 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sample, labels = reference.evaluation_series(args.random_state, args.samples)
     else:
         sample = reference.evaluation_sample(args.random_state, args.samples)
+    from rnnimp.options import prepare
+
     options = cli.options_from_args(args, JOB, feature_names=reference.FEATURE_NAMES)
-    request = cli.prepare_request(shape_model, sample, labels, options, cli.parameter_names(JOB, INPUTS))
+    request = prepare(shape_model, sample, labels, options, cli.parameter_names(JOB, INPUTS))
     cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
 
     def obtain_model():

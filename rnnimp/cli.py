@@ -104,11 +104,6 @@ def execution_from_args(args: argparse.Namespace, job: str) -> options.Execution
                              ).check(names)
 
 
-def prepare_request(model, sample, labels, run_options: options.Options, names: Names):
-    """:func:`rnnimp.options.prepare`, with errors naming command-line options (see :func:`parameter_names`)."""
-    return options.prepare(model, sample, labels, run_options, names)
-
-
 def check_out(out: str, configuration: dict[str, Any], overwrite: bool) -> None:
     """Refuse an --out holding results or an unfinished run of another configuration.
 
