@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import numpy as np
 
     from rnnimp import distributed, reference, sensitivity_importance
+    from rnnimp.errors import Names
     from jobs.benchmark_tools import forward_seconds_per_pass, plain_loop_seconds_per_pass, plainly_compiled
     from rnnimp.forward import forward_kind
     from rnnimp.method import Layout
@@ -100,9 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     figures: dict = {"samples": args.samples, "repeats": args.repeats, "workers": args.num_cpus,
                      "time_steps": reference.TIME_STEPS, "features": reference.N_FEATURES}
+    layout = Layout.for_sample(args.samples, args.eval_batch_size, args.shard_size,
+                               Names({"batch_size": "--eval-batch-size", "shard_size": "--shard-size"}))
     job_started = time.perf_counter()
     distributed.connect(args.num_cpus)
-    layout = Layout.for_sample(args.samples, args.eval_batch_size, args.shard_size)
     executor = distributed.RayExecutor().warm_up(
         architecture(reference.build_model(args.seed)), layout.batch_size,
         reference.TIME_STEPS, reference.N_FEATURES)
