@@ -101,7 +101,8 @@ def write_long_parquet(
     """
     array = validation.series_array("series", series)
     n_series, n_time, n_features = array.shape
-    names = validation.distinct_names("feature_names", [str(name) for name in feature_names], n_features, list(feature_names))
+    names = validation.distinct_names("feature_names", [str(name) for name in feature_names], n_features,
+                                      list(feature_names))
     if {series_column, time_column} & set(names) or series_column == time_column:
         raise InvalidParameterError(
             "feature_names", "must differ from the series and time columns and those from each other",

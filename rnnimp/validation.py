@@ -59,7 +59,8 @@ def distinct_names(parameter: str, names: list[str], n_names: int, value: Any) -
     if len(names) != n_names:
         raise InvalidParameterError(parameter, f"must give {n_names} names, one per feature", value)
     if repeated(names):
-        raise InvalidParameterError(parameter, f"must not repeat a name (repeated: {', '.join(repeated(names))})", value)
+        raise InvalidParameterError(
+            parameter, f"must not repeat a name (repeated: {', '.join(repeated(names))})", value)
     return names
 
 
