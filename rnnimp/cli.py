@@ -67,7 +67,8 @@ def add_run_options(parser: argparse.ArgumentParser, job: str, out_default: str)
         elif spec.repeatable:
             kwargs.update(action="append", default=[], metavar=spec.metavar)
         else:
-            kwargs.update(default=default, type=spec.type, choices=spec.choices, metavar=spec.metavar)
+            metavar = spec.metavar or (None if spec.choices else spec.flag.lstrip("-").replace("-", "_").upper())
+            kwargs.update(default=default, type=spec.type, choices=spec.choices, metavar=metavar)
         action = parser.add_argument(spec.flag, **{k: v for k, v in kwargs.items() if v is not None})
         add_old_spellings(parser, action, *spec.old_flags)
 
