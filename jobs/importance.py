@@ -15,6 +15,9 @@ from typing import Sequence
 
 from rnnimp import cli
 
+JOB = "importance"
+INPUTS = {"X": "--data", "y": "--labels"}  # the API's data parameters, as this job's options
+
 
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m jobs.importance", description=__doc__,
@@ -23,15 +26,15 @@ def parse_args(argv: Sequence[str] | None):
     add("--model", required=True, help="the .keras model, taking (batch, time, features)")
     add("--data", required=True, help="evaluation series: .npy (series, time, features) or long-form .parquet")
     add("--labels", default=None, help="labels for --metric loss-increase: .npy (series, ...) or long-form .parquet")
-    add("--feature-names", default=None, help="comma-separated names (default: Parquet columns, or x1, x2, ...)")
     add("--series-column", default="series", help="series id column of Parquet input (default: %(default)s)")
     add("--time-column", default="time", help="time column of Parquet input (default: %(default)s)")
-    cli.add_run_options(parser, out_default="results/importance")
+    cli.add_run_options(parser, JOB, out_default="results/importance")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    execution = cli.execution_from_args(args, JOB)
     from rnnimp import data
 
     sample, names = data.load_series(args.data, series_column=args.series_column, time_column=args.time_column)
@@ -45,11 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_tensorflow(None)
     model = load_model(args.model, "--model")
-    options = cli.options_from_args(args, names)
-    request = cli.prepare_request(model, sample, labels, options)
-    job = {"name": "importance", "model": args.model, "data": args.data, "labels": args.labels}
-    cli.check_out(args.out, {"configuration": request.configuration, "job": job}, args.overwrite)
-    return cli.execute(args, request, job, lambda: (model, {"phase": "load_model"}), architecture(model))
+    from rnnimp.options import prepare
+
+    options = cli.options_from_args(args, JOB, feature_names=names)
+    request = prepare(model, sample, labels, options, cli.parameter_names(JOB, INPUTS))
+    job = {"name": JOB, "model": args.model, "data": args.data, "labels": args.labels}
+    cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
+    return cli.execute(execution, request, job, lambda: (model, {"phase": "load_model"}), architecture(model))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import InvalidParameterError
+from .errors import API_NAMES, InvalidParameterError, Names
 from .perturb import Perturbation, bootstrap_weights, perturb_batch, permutation
 from .seeding import noise_key, resample_key
 
@@ -106,13 +106,16 @@ class Layout:
     shard_size: int
 
     @classmethod
-    def for_sample(cls, n_samples: int, batch_size: int, shard_size: int) -> "Layout":
-        """Effective layout: batches never exceed the sample; shards hold whole batches."""
+    def for_sample(cls, n_samples: int, batch_size: int, shard_size: int, names: Names = API_NAMES) -> "Layout":
+        """Effective layout: batches never exceed the sample; shards hold whole batches.
+
+        ``names``: how an error names ``batch_size`` and ``shard_size``.
+        """
         if n_samples <= shard_size:
             return cls(n_samples, min(batch_size, n_samples), n_samples)
         if shard_size % batch_size != 0:
             raise InvalidParameterError(
-                "shard_size", f"must be a multiple of batch_size ({batch_size})", shard_size
+                names("shard_size"), f"must be a multiple of {names('batch_size')} ({batch_size})", shard_size
             )
         return cls(n_samples, batch_size, shard_size)
 
@@ -219,42 +222,3 @@ def effect(batch_sums: Iterable[np.ndarray], metric: Metric) -> float:
     """The effect of one (target, step, repeat) from the per-batch sums of its shards."""
     stacked = np.concatenate(list(batch_sums))
     return metric.finalize(math.fsum(stacked[:, 0]) / math.fsum(stacked[:, 1]))
-
-
-def keras_forward(model, jit_compile: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """``model(x, training=False)`` in one ``tf.function``: (batch, outputs) numpy.
-
-    Models with several outputs have them flattened and concatenated.
-    """
-    import tensorflow as tf
-
-    def call(batch):
-        outputs = tf.nest.flatten(model(batch, training=False))
-        rows = tf.shape(batch)[0]
-        return tf.concat([tf.reshape(tf.cast(o, tf.float32), [rows, -1]) for o in outputs], axis=1)
-
-    compiled = tf.function(call, jit_compile=jit_compile, reduce_retracing=True)
-    return lambda batch: compiled(batch).numpy()
-
-
-def forward_kind(model, jit_compile: bool) -> str:
-    """Which forward pass :func:`model_forward` uses for ``model``: fused-lstm, keras-xla or keras."""
-    from .lstm import fusable
-
-    if jit_compile and fusable(model):
-        return "fused-lstm"
-    return "keras-xla" if jit_compile else "keras"
-
-
-def model_forward(model, jit_compile: bool = True) -> Callable[[np.ndarray], np.ndarray]:
-    """The fastest faithful forward pass: (batch, time, features) float32 -> (batch, outputs).
-
-    With ``jit_compile``, stacks of LSTM layers run as rnnimp's fused XLA
-    program (:mod:`rnnimp.lstm`), other models as ``model(x)`` under XLA;
-    without it, always ``model(x)`` in a plain ``tf.function``.
-    """
-    from .lstm import fused_forward
-
-    if forward_kind(model, jit_compile) == "fused-lstm":
-        return fused_forward(model)
-    return keras_forward(model, jit_compile)

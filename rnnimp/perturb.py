@@ -17,6 +17,7 @@ import numpy as np
 from scipy.special import ndtri
 from scipy.stats import poisson
 
+PERTURBATIONS = ("noise", "permute", "ablate")  # the kinds of Perturbation
 _PHILOX_WORDS_PER_BLOCK = 4  # Philox4x64 yields 4 uint64 per counter step
 _UNIFORM_SCALE = 2.0**-53
 
@@ -47,28 +48,17 @@ def sample_noise(
     return flat.reshape(n_samples, time_steps, n_features)
 
 
-def add_noise(
-    series: np.ndarray, features: tuple[int, ...], noise: np.ndarray, scale: float | Sequence[float],
-    step: int | None = None,
-) -> np.ndarray:
-    """A copy of ``series`` with ``scale * noise`` added to ``features``.
-
-    ``series``: (n, time, features); ``noise``: (n, time, len(features))
-    standard normal values, or (n, 1, len(features)) when ``step`` is given.
-    ``scale`` is one number or one per input feature. Every time step (or
-    only ``step``) of the listed features changes, nothing else does; shape
-    and dtype are kept and the input is not modified.
-    """
-    perturbed = np.array(series, copy=True)
-    add_noise_inplace(perturbed, features, noise, scale, step)
-    return perturbed
-
-
 def add_noise_inplace(
     series: np.ndarray, features: tuple[int, ...], noise: np.ndarray, scale: float | Sequence[float],
     step: int | None = None,
 ) -> None:
-    """Add ``scale * noise`` to ``features`` of ``series`` in place (see add_noise)."""
+    """Add ``scale * noise`` to ``features`` of ``series`` in place.
+
+    ``series``: (n, time, features); ``noise``: (n, time, len(features))
+    standard normal values, or (n, 1, len(features)) when ``step`` is given.
+    ``scale`` is one number or one per input feature. Every time step (or
+    only ``step``) of the listed features changes, nothing else does.
+    """
     steps = _steps(step)
     for column, feature in enumerate(features):
         feature_scale = scale if np.isscalar(scale) else scale[feature]
@@ -92,10 +82,6 @@ class Perturbation:
     kind: str
     scales: tuple[float, ...] = ()
     values: tuple[float, ...] = ()
-
-    @property
-    def is_random(self) -> bool:
-        return self.kind != "ablate"
 
 
 def perturb_batch(

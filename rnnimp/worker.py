@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .method import Layout, Metric, Shard, ShardEvaluator, Unit, model_forward
+from .forward import model_forward
+from .method import Layout, Metric, Shard, ShardEvaluator, Unit
 from .modelio import ModelSpec
 from .perturb import Perturbation
 
@@ -132,3 +133,6 @@ class LocalExecutor:
         for unit in units:
             yield unit, unit_sums(job.model, job.sample, baseline.shards[unit.shard.index], job.labels,
                                   job.settings, unit)
+
+    def shutdown(self) -> None:
+        """Nothing to release: the compiled evaluators stay cached in this process."""

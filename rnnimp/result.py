@@ -1,0 +1,126 @@
+"""The result of an importance run: raw effects, their summary, the tables and files made from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from . import output, stats
+from .checkpoint import Checkpoint
+
+
+@dataclass
+class ImportanceResult:
+    """Raw effects beside their per-target summary.
+
+    ``effects`` has shape (targets, repeats), or (targets, steps, repeats) for
+    a time-step map; ``effects[f, r]`` is the effect of perturbing target f
+    with repeat r's draws. With adaptive repeats, repeats a target did not
+    need are NaN. Targets are the features, then the groups.
+    """
+
+    target_names: list[str]
+    target_features: list[list[str]]
+    effects: np.ndarray
+    summary: stats.Summary
+    confidence: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+
+    @property
+    def per_step(self) -> bool:
+        return self.effects.ndim == 3
+
+    @property
+    def importances_mean(self) -> np.ndarray:
+        return self.summary.mean.reshape(self.effects.shape[:-1])
+
+    @property
+    def importances_std(self) -> np.ndarray:
+        return self.summary.std.reshape(self.effects.shape[:-1])
+
+    def _cells(self) -> dict[str, pa.Array]:
+        """Columns naming each summary row: target index, name, features, and step."""
+        n_targets = len(self.target_names)
+        n_steps = self.effects.shape[1] if self.per_step else 1
+        index = np.repeat(np.arange(n_targets), n_steps)
+        columns = {
+            "feature_index": pa.array(index, pa.int32()),
+            "feature": pa.array([self.target_names[i] for i in index], pa.string()),
+            "features": pa.array([self.target_features[i] for i in index], pa.list_(pa.string())),
+        }
+        if self.per_step:
+            columns["step"] = pa.array(np.tile(np.arange(n_steps), n_targets), pa.int32())
+        return columns
+
+    def effects_table(self) -> pa.Table:
+        """One row per (target[, step], repeat) that was run."""
+        cells = self._cells()
+        flat = self.effects.reshape(-1, self.effects.shape[-1])
+        cell_index, repeat = np.nonzero(np.isfinite(flat))
+        columns = {name: column.take(pa.array(cell_index)) for name, column in cells.items()}
+        first_repeat = self.metadata.get("configuration", {}).get("first_repeat", 0)
+        columns["repeat"] = pa.array(first_repeat + repeat, pa.int32())
+        columns["effect"] = pa.array(flat[cell_index, repeat], pa.float64())
+        return output.with_metadata(pa.table(columns), self.metadata)
+
+    def summary_table(self) -> pa.Table:
+        """One row per target (and step): n_repeats, mean, std, intervals, rank."""
+        s = self.summary
+        columns = dict(self._cells())
+        columns.update({
+            "n_repeats": pa.array(s.n_repeats, pa.int64()),
+            "mean": s.mean, "std": s.std,
+            "t_low": s.t_low, "t_high": s.t_high,
+            "bootstrap_low": s.bootstrap_low, "bootstrap_high": s.bootstrap_high,
+            "bootstrap_method": pa.array(s.bootstrap_method, pa.string()),
+            "rank": pa.array(s.rank, pa.int64()),
+        })
+        target = self.metadata.get("adaptive")
+        if target:
+            columns["target_met"] = pa.array(target["met"], pa.bool_())
+        return output.with_metadata(pa.table(columns), self.metadata)
+
+    def comparisons_table(self) -> pa.Table:
+        """Pairwise differences of targets with their intervals (not for time-step maps)."""
+        return output.with_metadata(
+            stats.pairwise_comparisons(self.effects, self.target_names, self.confidence), self.metadata)
+
+    def rank_probabilities_table(self) -> pa.Table:
+        return output.with_metadata(stats.rank_probabilities(self.effects, self.target_names), self.metadata)
+
+    def write(self, out: str, model_bytes: bytes | None = None, chart: bool = True) -> dict[str, str]:
+        """Write every result file into ``out``, each atomically, then drop the checkpoint."""
+        paths = {}
+        if model_bytes is not None:
+            paths["model"] = output.write_bytes(model_bytes, out, output.MODEL_FILE)
+        paths["effects"] = output.write_table(self.effects_table(), out, output.EFFECTS_FILE)
+        if not self.per_step:
+            paths["comparisons"] = output.write_table(self.comparisons_table(), out, output.COMPARISONS_FILE)
+            paths["rank_probabilities"] = output.write_table(self.rank_probabilities_table(), out, output.RANKS_FILE)
+        if chart:
+            paths["chart"] = output.write_bytes(self.chart_png(), out, output.CHART_FILE)
+        paths["summary"] = output.write_table(self.summary_table(), out, output.SUMMARY_FILE)
+        if self.checkpoint is not None:
+            self.checkpoint.remove()
+        return paths
+
+    def chart_png(self) -> bytes:
+        """A PNG: bar chart of mean effects with intervals, or a heatmap of a time-step map."""
+        from . import plots
+
+        if self.per_step:
+            return plots.png_bytes(plots.heatmap_figure(self.importances_mean, self.target_names))
+        s = self.summary
+        level = f"{self.confidence:.0%} t-interval"
+        return plots.png_bytes(plots.bar_figure(self.target_names, s.mean, s.t_low, s.t_high,
+                                                title=f"Effect of perturbing each input (mean, {level})"))
+
+    def format_summary(self) -> str:
+        """The summary as a plain-text table, most important first."""
+        from .report import format_summary
+
+        return format_summary(self.summary_table(), self.confidence)
