@@ -109,15 +109,29 @@ class ImportanceResult:
         return paths
 
     def chart_png(self) -> bytes:
-        """A PNG: bar chart of mean effects with intervals, or a heatmap of a time-step map."""
+        """A PNG: sorted bars of mean effects with intervals and repeats, or a heatmap of a time-step map."""
         from . import plots
 
+        label = self.axis_label()
         if self.per_step:
-            return plots.png_bytes(plots.heatmap_figure(self.importances_mean, self.target_names))
+            return plots.png_bytes(plots.heatmap_figure(self.importances_mean, self.target_names, label=label))
         s = self.summary
         level = f"{self.confidence:.0%} t-interval"
-        return plots.png_bytes(plots.bar_figure(self.target_names, s.mean, s.t_low, s.t_high,
-                                                title=f"Effect of perturbing each input (mean, {level})"))
+        return plots.png_bytes(plots.effects_figure(
+            self.target_names, s.mean, s.t_low, s.t_high, self.effects, axis_label=label,
+            title=f"Effect of perturbing each input (mean, {level}; dots: repeats)"))
+
+    def axis_label(self) -> str:
+        """What the effects measure and how the inputs were perturbed, from the recorded configuration."""
+        from . import plots
+
+        configuration = self.metadata.get("configuration", {})
+        if "metric" not in configuration:
+            return plots.DEFAULT_AXIS_LABEL
+        return plots.axis_label(configuration["metric"], configuration["perturbation"],
+                                noise_scale=configuration.get("noise_scale"),
+                                noise_relative=configuration.get("noise_relative"),
+                                loss=configuration.get("loss"))
 
     def format_summary(self) -> str:
         """The summary as a plain-text table, most important first."""
