@@ -131,7 +131,8 @@ class DatasetPlan:
              series_column: str = "series", time_column: str = "time") -> "DatasetPlan":
         """Plan the dataset at ``source`` (directory, URI prefix or pyarrow dataset) from its metadata."""
         filesystem, paths, location = _list_files(parameter, source)
-        schema = _common_schema(parameter, filesystem, paths)
+        footers = [_footer(parameter, filesystem, path) for path in paths]  # one read per file
+        schema = _common_schema(parameter, paths, footers)
         for column, role, kinds in ((series_column, "series id", ID_KINDS), (time_column, "time", TIME_KINDS)):
             if column not in schema.names:
                 raise InvalidParameterError(parameter, f"must have a {role} column named {column!r}", schema.names)
@@ -143,7 +144,8 @@ class DatasetPlan:
             raise InvalidParameterError(
                 parameter, f"must have value columns besides {series_column!r} and {time_column!r}", schema.names)
         times = _time_values(parameter, filesystem, paths[0], time_column)
-        entries = [_describe_file(parameter, filesystem, path, series_column) for path in paths]
+        entries = [_describe_file(parameter, filesystem, path, footer, schema.get_field_index(series_column),
+                                  series_column) for path, footer in zip(paths, footers)]
         entries.sort(key=lambda entry: entry[2])  # by smallest id
         for (previous, _, _, previous_max, _), (path, _, min_id, _, _) in zip(entries, entries[1:]):
             if not previous_max < min_id:
@@ -203,15 +205,20 @@ def _list_files(parameter: str, source: str | pads.FileSystemDataset) -> tuple[p
     return filesystem, paths, source
 
 
-def _common_schema(parameter: str, filesystem: pafs.FileSystem, paths: Sequence[str]) -> pa.Schema:
+def _footer(parameter: str, filesystem: pafs.FileSystem, path: str) -> pq.FileMetaData:
+    """The Parquet footer of ``path`` (schema, row groups, statistics), else raise naming the file."""
+    try:
+        with filesystem.open_input_file(path) as stream:
+            return pq.ParquetFile(stream).metadata
+    except (OSError, pa.ArrowException) as error:
+        raise InvalidParameterError(parameter, "must hold valid, readable Parquet files", f"{path} ({error})") from error
+
+
+def _common_schema(parameter: str, paths: Sequence[str], footers: Sequence[pq.FileMetaData]) -> pa.Schema:
     """The Arrow schema every file shares (dictionary columns decoded), else raise naming the file."""
     schema = None
-    for path in paths:
-        with filesystem.open_input_file(path) as stream:
-            try:
-                file_schema = pq.ParquetFile(stream).schema_arrow
-            except pa.ArrowException as error:
-                raise InvalidParameterError(parameter, "must hold valid Parquet files", f"{path} ({error})") from error
+    for path, footer in zip(paths, footers):
+        file_schema = footer.schema.to_arrow_schema()
         file_schema = pa.schema([
             pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type) for f in file_schema])
         if len(set(file_schema.names)) != len(file_schema.names):
@@ -235,26 +242,27 @@ def _time_values(parameter: str, filesystem: pafs.FileSystem, path: str, time_co
     return times.to_pylist()
 
 
-def _describe_file(parameter: str, filesystem: pafs.FileSystem, path: str,
-                   series_column: str) -> tuple[str, int, Any, Any, int]:
-    """(path, rows, smallest id, largest id, row groups) of one file, from its footer."""
-    with filesystem.open_input_file(path) as stream:
-        parquet = pq.ParquetFile(stream)
-        metadata = parquet.metadata
-        column = parquet.schema_arrow.get_field_index(series_column)
-        bounds = []
-        for group in range(metadata.num_row_groups):
-            statistics = metadata.row_group(group).column(column).statistics
-            if statistics is None or not statistics.has_min_max or statistics.null_count:
-                bounds = None
-                break
-            bounds.append((statistics.min, statistics.max))
-        if bounds is None:  # no usable statistics: read the id column
-            ids = parquet.read(columns=[series_column]).column(0)
-            if ids.null_count:
-                raise InvalidParameterError(parameter, f"column {series_column!r} must not hold null values", path)
-            extremes = pc.min_max(ids)
-            bounds = [(extremes["min"].as_py(), extremes["max"].as_py())]
+def _describe_file(parameter: str, filesystem: pafs.FileSystem, path: str, metadata: pq.FileMetaData,
+                   column: int, series_column: str) -> tuple[str, int, Any, Any, int]:
+    """(path, rows, smallest id, largest id, row groups) of one file, from its footer.
+
+    The id column's row-group min/max statistics give the id range; only a
+    file without them has its id column read.
+    """
+    bounds: list[tuple[Any, Any]] | None = []
+    for group in range(metadata.num_row_groups):
+        statistics = metadata.row_group(group).column(column).statistics
+        if statistics is None or not statistics.has_min_max or statistics.null_count:
+            bounds = None
+            break
+        bounds.append((statistics.min, statistics.max))
+    if not bounds:  # no usable statistics (or no row group): read the id column
+        with filesystem.open_input_file(path) as stream:
+            ids = pq.ParquetFile(stream).read(columns=[series_column]).column(0)
+        if ids.null_count:
+            raise InvalidParameterError(parameter, f"column {series_column!r} must not hold null values", path)
+        extremes = pc.min_max(ids)
+        bounds = [(extremes["min"].as_py(), extremes["max"].as_py())]
     n_rows = metadata.num_rows
     if n_rows == 0:
         raise InvalidParameterError(parameter, "must not hold empty files", path)

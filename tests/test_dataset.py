@@ -217,3 +217,15 @@ def test_series_order_is_by_id_not_by_file_name(sample, tmp_path):
     plan = DatasetPlan.open(str(folder))
     assert plan.files[0].path.endswith("part-99999.parquet")
     np.testing.assert_array_equal(read_shard(plan, Layout.for_sample(60, 20, 60).shards[0]), sample[:60])
+
+
+def test_string_ids_and_files_without_statistics(sample, tmp_path):
+    folder = tmp_path / "data"
+    ids = np.array(sorted(f"s{i}" for i in range(40)))  # lexicographic: s0, s1, s10, s11, ...
+    write_dataset(sample[:40], str(folder), series_per_file=15, series_ids=ids)
+    plain = pq.read_table(folder / "part-00001.parquet")
+    pq.write_table(plain, folder / "part-00001.parquet", write_statistics=False)
+    plan = DatasetPlan.open(str(folder))
+    assert [(f.min_id, f.max_id) for f in plan.files] == [(ids[0], ids[14]), (ids[15], ids[29]), (ids[30], ids[39])]
+    shards = Layout.for_sample(40, 8, 16).shards
+    np.testing.assert_array_equal(np.concatenate([read_shard(plan, s) for s in shards]), sample[:40])
