@@ -136,7 +136,6 @@ KILLED_RUN = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {tests!r})
     import numpy as np
-    from conftest import linear_lstm_free_model
     from rnnimp import api, sensitivity_importance
     from rnnimp.checkpoint import Checkpoint
     from rnnimp.worker import LocalExecutor
@@ -160,7 +159,8 @@ KILLED_RUN = textwrap.dedent("""
                     os._exit(9)  # like SIGKILL: no finally, no atexit, no flush
                 yield item
 
-    model = linear_lstm_free_model([1.0, 2.0, 0.5], time_steps=4)
+    import keras
+    model = keras.models.load_model({model_path!r})  # the test's own model: same names, same fingerprint
     sample = np.random.default_rng(0).random((64, 4, 3), dtype=np.float32)
     sensitivity_importance(model, sample, executor=Killed(), checkpoint={out!r}, **{options!r})
 """)
@@ -169,7 +169,9 @@ KILLED_RUN = textwrap.dedent("""
 def test_killed_run_loses_only_unflushed_units_and_resumes_identically(model, sample, tmp_path):
     out = str(tmp_path / "run")
     reference = sensitivity_importance(model, sample, **OPTIONS)
-    script = KILLED_RUN.format(tests=HERE, after=10, out=out, options=OPTIONS)
+    model_path = str(tmp_path / "model.keras")
+    model.save(model_path)
+    script = KILLED_RUN.format(tests=HERE, after=10, out=out, options=OPTIONS, model_path=model_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")])}
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert killed.returncode == 9, killed.stderr[-3000:]
