@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from rnnimp.checkpoint import Checkpoint, put_atomically
+from rnnimp.checkpoint import Checkpoint
 from rnnimp import output
 from s3server import BUCKET, S3Server
 from test_checkpoint_batches import FakeClock, many_units

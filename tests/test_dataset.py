@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 
 import numpy as np
@@ -47,7 +48,7 @@ def dataset(sample, ids, tmp_path_factory):
 def whole(dataset, tmp_path_factory):
     """load_series of the concatenated rows of every file (the in-memory path)."""
     table = pa.concat_tables(pq.read_table(f"{dataset}/{name}") for name in
-                             sorted(p for p in __import__("os").listdir(dataset)))
+                             sorted(os.listdir(dataset)))
     path = str(tmp_path_factory.mktemp("whole") / "all.parquet")
     pq.write_table(table, path)
     return load_series(path)
