@@ -382,6 +382,44 @@ class ShardReader:
         return result
 
 
+class SampleView:
+    """The dataset seen as the whole sample, as far as the method reads it, in global series indices.
+
+    ``view[start:stop]`` (a contiguous range) and ``view[indices]`` (int
+    array: permutation donors) return float32 (rows, time, features) read
+    through ``reader`` shard by shard; ``len``, ``shape``, ``ndim`` and
+    ``dtype`` are those of the whole sample. Code written for an in-memory
+    sample (``rnnimp.worker.predict_shard``, ``unit_sums``) runs on it
+    unchanged, on the same values, so a unit gives the same sums. Slices
+    may be read-only views of cached shards: copy before writing.
+    """
+
+    def __init__(self, reader: ShardReader, shards: Sequence[Shard]) -> None:
+        self.reader, self.shards = reader, tuple(shards)
+        self.shape = reader.plan.shape
+        self.ndim, self.dtype = 3, np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("a SampleView takes contiguous slices only")
+            if stop <= start:
+                return np.empty((0, *self.shape[1:]), dtype=np.float32)
+            holders = [s for s in self.shards if s.start < stop and s.stop > start]
+            if len(holders) == 1:
+                shard = holders[0]
+                return self.reader.read(shard)[start - shard.start:stop - shard.start]
+            return self.reader.rows(np.arange(start, stop), self.shards)
+        indices = np.asarray(key)
+        if indices.dtype.kind not in "iu":
+            raise IndexError("a SampleView takes a slice or an integer array")
+        return self.reader.rows(indices.ravel(), self.shards).reshape(*indices.shape, *self.shape[1:])
+
+
 # ---------------------------------------------------------------------------------------------
 # Permutation across shards
 

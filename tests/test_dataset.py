@@ -15,7 +15,7 @@ from rnnimp import InvalidParameterError
 from rnnimp.data import load_series
 from rnnimp.dataset import (DatasetPlan, Moments, ShardReader, combine, feature_moments, permutation_donors,
                             read_shard, write_dataset)
-from rnnimp.method import Layout
+from rnnimp.method import Layout, plan_units
 from rnnimp.perturb import permutation
 from s3server import BUCKET, s3  # noqa: F401  (the session fixture)
 
@@ -230,3 +230,38 @@ def test_string_ids_and_files_without_statistics(sample, tmp_path):
     assert [(f.min_id, f.max_id) for f in plan.files] == [(ids[0], ids[14]), (ids[15], ids[29]), (ids[30], ids[39])]
     shards = Layout.for_sample(40, 8, 16).shards
     np.testing.assert_array_equal(np.concatenate([read_shard(plan, s) for s in shards]), sample[:40])
+
+
+@pytest.mark.parametrize("kind", ["noise", "permute", "ablate", "noise-per-step-group-resample"])
+def test_units_on_the_dataset_view_equal_in_memory_units(dataset, sample, kind):
+    """The method's own code (baseline and unit sums) on a SampleView gives bit-identical sums."""
+    from conftest import linear_lstm_free_model
+    from rnnimp.method import Metric, Target
+    from rnnimp.modelio import ModelSpec
+    from rnnimp.perturb import Perturbation
+    from rnnimp.worker import EvaluationJob, LocalExecutor, Settings
+    from rnnimp.dataset import SampleView
+
+    plan = DatasetPlan.open(dataset)
+    layout = Layout.for_sample(N_SERIES, 16, 32)
+    moments = Moments.of(sample)
+    perturbation = {
+        "noise": Perturbation("noise", scales=tuple(0.5 * moments.stds())),
+        "permute": Perturbation("permute"),
+        "ablate": Perturbation("ablate", values=tuple(moments.means())),
+    }[kind.split("-")[0]]
+    settings = Settings(layout, perturbation, Metric("rms"), jit_compile=False)
+    spec = ModelSpec.from_model(linear_lstm_free_model([1.0, -2.0, 0.5], time_steps=N_TIME))
+    targets = [Target("a", (0,)), Target("c", (2,)), Target("b+c", (1, 2))]
+    steps = [None, 3] if kind.endswith("resample") else [None]
+    units = plan_units(7, targets, range(2), layout.shards, steps, resample=kind.endswith("resample"))
+    reader = ShardReader(plan, budget_bytes=plan.nbytes)
+    results = []
+    for data in (sample, SampleView(reader, layout.shards)):
+        job = EvaluationJob(spec, data, None, settings)
+        executor = LocalExecutor()
+        baseline = executor.baseline(job)
+        results.append([sums for _, sums in executor.evaluate(job, baseline, units)])
+    for in_memory, from_dataset in zip(*results):
+        np.testing.assert_array_equal(from_dataset, in_memory)
+    assert reader.misses == len(layout.shards)  # every shard read once, whatever the units
