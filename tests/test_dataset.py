@@ -265,3 +265,14 @@ def test_units_on_the_dataset_view_equal_in_memory_units(dataset, sample, kind):
     for in_memory, from_dataset in zip(*results):
         np.testing.assert_array_equal(from_dataset, in_memory)
     assert reader.misses == len(layout.shards)  # every shard read once, whatever the units
+
+
+def test_plan_and_reader_travel_to_workers_by_pickle(dataset, sample, s3):
+    import pickle
+
+    plan = pickle.loads(pickle.dumps(DatasetPlan.open(dataset)))
+    np.testing.assert_array_equal(read_shard(plan, Layout.for_sample(N_SERIES, 16, 32).shards[2]), sample[64:96])
+    uri = s3.uri(f"{BUCKET}/datasets/pickled")
+    write_dataset(sample, uri, series_per_file=100)
+    remote = pickle.loads(pickle.dumps(DatasetPlan.open(uri)))
+    np.testing.assert_array_equal(read_shard(remote, Layout.for_sample(N_SERIES, 16, 32).shards[3]), sample[96:128])
