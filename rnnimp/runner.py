@@ -147,10 +147,14 @@ def _run(model, request: Request, runner: Executor, progress: bool, checkpoint: 
                 from_checkpoint += 1
             else:
                 todo.append(unit)
-        for unit, batch_sums in _with_progress(runner.evaluate(job, baseline, todo), len(todo), progress):
-            sums[unit_id(unit)[:3]].append(batch_sums)
+        try:
+            for unit, batch_sums in _with_progress(runner.evaluate(job, baseline, todo), len(todo), progress):
+                sums[unit_id(unit)[:3]].append(batch_sums)
+                if store is not None:
+                    store.record(unit, batch_sums)
+        finally:  # every finished unit of the wave is kept, also when the run fails (a kill loses seconds)
             if store is not None:
-                store.record(unit, batch_sums)
+                store.flush()
         done_repeats += wave
         if o.target_halfwidth is None:
             break

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import linear_lstm_free_model
 from rnnimp import sensitivity_importance
-from rnnimp import api
+from rnnimp import runner
 from rnnimp.checkpoint import FOLDER, Checkpoint, decode_batch, encode_batch, unit_id
 from rnnimp.method import Layout, Target, plan_units
 
@@ -114,7 +114,7 @@ def test_previous_one_file_per_unit_layout_still_resumes(model, sample, tmp_path
     out = str(tmp_path / "run")
     reference = sensitivity_importance(model, sample, **OPTIONS)
     # A complete run leaves its checkpoint (results are never written here); every unit flushed.
-    monkeypatch.setattr(api, "Checkpoint", lambda *a, **k: Checkpoint(*a, flush_interval_s=0.0, **k))
+    monkeypatch.setattr(runner, "Checkpoint", lambda *a, **k: Checkpoint(*a, flush_interval_s=0.0, **k))
     sensitivity_importance(model, sample, checkpoint=out, **OPTIONS)
     monkeypatch.undo()
     units_folder = tmp_path / "run" / FOLDER / "units"
@@ -136,7 +136,7 @@ KILLED_RUN = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {tests!r})
     import numpy as np
-    from rnnimp import api, sensitivity_importance
+    from rnnimp import runner, sensitivity_importance
     from rnnimp.checkpoint import Checkpoint
     from rnnimp.worker import LocalExecutor
 
@@ -148,7 +148,7 @@ KILLED_RUN = textwrap.dedent("""
     def checkpoint(*args, **kwargs):
         stores.append(Checkpoint(*args, flush_interval_s=3.0, clock=clock, **kwargs))
         return stores[-1]
-    api.Checkpoint = checkpoint
+    runner.Checkpoint = checkpoint
 
     class Killed(LocalExecutor):
         def evaluate(self, job, baseline, units):
