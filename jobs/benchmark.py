@@ -71,7 +71,7 @@ def measure_one_thread(model_path: str, sample_path: str, batch_size: int) -> No
     configure_tensorflow(threads=1)
     import numpy as np
 
-    from rnnimp.bench import forward_seconds_per_pass
+    from jobs.benchmark_tools import forward_seconds_per_pass
     from rnnimp.modelio import load_model
 
     sample, model = np.load(sample_path), load_model(model_path)
@@ -93,15 +93,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     import numpy as np
 
     from rnnimp import distributed, reference, sensitivity_importance
-    from rnnimp.bench import forward_seconds_per_pass, plain_loop_seconds_per_pass, plainly_compiled
-    from rnnimp.method import Layout, forward_kind
+    from rnnimp.errors import Names
+    from jobs.benchmark_tools import forward_seconds_per_pass, plain_loop_seconds_per_pass, plainly_compiled
+    from rnnimp.forward import forward_kind
+    from rnnimp.method import Layout
     from rnnimp.worker import peak_rss_bytes
 
     figures: dict = {"samples": args.samples, "repeats": args.repeats, "workers": args.num_cpus,
                      "time_steps": reference.TIME_STEPS, "features": reference.N_FEATURES}
+    layout = Layout.for_sample(args.samples, args.eval_batch_size, args.shard_size,
+                               Names({"batch_size": "--eval-batch-size", "shard_size": "--shard-size"}))
     job_started = time.perf_counter()
     distributed.connect(args.num_cpus)
-    layout = Layout.for_sample(args.samples, args.eval_batch_size, args.shard_size)
     executor = distributed.RayExecutor().warm_up(
         architecture(reference.build_model(args.seed)), layout.batch_size,
         ((reference.TIME_STEPS, reference.N_FEATURES),))

@@ -18,13 +18,14 @@ Attaches to RAY_ADDRESS or starts an embedded local Ray.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import sys
 from typing import Sequence
 
 from rnnimp import cli
 from rnnimp.errors import InvalidParameterError
+
+JOB = "importance"
+INPUTS = {"X": "--data", "y": "--labels"}  # the API's data parameters, as this job's options
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -37,46 +38,20 @@ def parse_args(argv: Sequence[str] | None):
              ".parquet); NAME=PATH once per input of a model with several (static inputs: .npy (series, "
              "features) or .parquet with one row per series)")
     add("--labels", default=None, help="labels for --metric loss-increase: .npy (series, ...) or long-form .parquet")
-    add("--feature-names", default=None,
-        help="comma-separated names of all features, inputs in model order (default: Parquet columns, or x1, x2, ...)")
     add("--series-column", default="series", help="series id column of Parquet input (default: %(default)s)")
     add("--time-column", default="time", help="time column of Parquet input (default: %(default)s)")
-    add("--mask-value", action="append", default=[], metavar="[NAME=]V",
-        help="padding value of the sequence inputs (all, or NAME's): steps whose features all equal it are "
-             "never perturbed (default: the mask_value of a Keras Masking layer reading the input, else none)")
-    add("--padding", choices=("post", "pre"), default="post",
-        help="where long-form series of different lengths are padded, and how permuted series of different "
-             "lengths are aligned: post (at the end) or pre (at the start) (default: %(default)s)")
-    cli.add_run_options(parser, out_default="results/importance")
+    cli.add_run_options(parser, JOB, out_default="results/importance")
     return parser.parse_args(argv)
-
-
-def parse_mask_values(values: Sequence[str]) -> float | dict[str, float] | None:
-    """``--mask-value`` values: one number for every sequence input, or NAME=V per input."""
-    if not values:
-        return None
-    parsed: dict[str, float] = {}
-    for value in values:
-        name, separator, number = value.rpartition("=")
-        try:
-            mask = float(number)
-        except ValueError:
-            mask = math.nan
-        if not math.isfinite(mask) or (separator and not name):
-            raise InvalidParameterError("--mask-value", "must be a finite number, or NAME=number", value)
-        parsed[name] = mask
-    if "" in parsed:
-        if len(values) > 1:
-            raise InvalidParameterError("--mask-value", "must be one number, or NAME=number per input", values)
-        return parsed[""]
-    return parsed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    mask_value = parse_mask_values(args.mask_value)
+    execution = cli.execution_from_args(args, JOB)
     from rnnimp import data
     from rnnimp.inputs import masking_values, model_input_names, model_input_shapes
+    from rnnimp.options import parse_mask_values
+
+    mask_value = parse_mask_values(args.mask_value)
     from rnnimp.modelio import architecture, configure_tensorflow, load_model
 
     configure_tensorflow(None)
@@ -105,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = data.feature_names_from_option(args.feature_names, n_features)
     if names is None:
         if several:
-            names = {name: item.feature_names for name, item in loaded.items() if item.feature_names}
+            names = {name: item.feature_names for name, item in loaded.items() if item.feature_names} or None
         else:
             names = loaded[input_names[0]].feature_names
     X = {name: item.array for name, item in loaded.items()} if several else loaded[input_names[0]].array
@@ -114,17 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         labels = data.load_labels(args.labels, len(next(iter(loaded.values())).array),
                                   series_column=args.series_column, time_column=args.time_column)
 
-    options = dataclasses.replace(cli.options_from_args(args, names or None), mask_value=mask_value,
-                                  padding=args.padding)
-    request = cli.prepare_request(model, X, labels, options)
-    job = {"name": "importance", "model": args.model, "data": args.data if several else args.data[0],
-           "labels": args.labels}
-    cli.check_out(args.out, {"configuration": request.configuration, "job": job}, args.overwrite)
+    from rnnimp.options import prepare
+
+    options = cli.options_from_args(args, JOB, feature_names=names)
+    request = prepare(model, X, labels, options, cli.parameter_names(JOB, INPUTS))
+    job = {"name": JOB, "model": args.model, "data": args.data if several else args.data[0], "labels": args.labels}
+    cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
     for name, mask in zip(request.inputs.names, request.inputs.mask_values):
         if mask is not None:
             print(f"rnnimp: input {name!r}: steps whose features all equal {mask:g} are padding and are "
                   "not perturbed", flush=True)
-    return cli.execute(args, request, job, lambda: (model, {"phase": "load_model"}), architecture(model))
+    return cli.execute(execution, request, job, lambda: (model, {"phase": "load_model"}), architecture(model))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Trains the reference LSTM on x1*x2 once on the driver (or loads --model),
 then measures the importance of its three inputs on Ray workers and writes
 model.keras, effects.parquet, summary.parquet (and comparisons, rank
-probabilities and a chart) into --out.
+probabilities and a chart) into --out. With --metric loss-increase the labels
+are the reference targets, x1*x2 at each step of the evaluation series.
 
 Attaches to the cluster in RAY_ADDRESS (as under ``ray job submit``), or
 starts an embedded local Ray of --num-cpus CPUs. If a run dies, the same
@@ -18,6 +19,10 @@ from typing import Sequence
 from rnnimp import cli, validation
 from rnnimp.errors import InvalidParameterError
 
+JOB = "seed_importance"
+# The API's data parameters, as this job's options: it draws --samples series and their targets itself.
+INPUTS = {"X": "--samples", "y": "--model"}
+
 
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m jobs.seed_importance", description=__doc__,
@@ -26,20 +31,23 @@ def parse_args(argv: Sequence[str] | None):
     add("--samples", type=int, default=250, help="series in the evaluation sample (default: %(default)s)")
     add("--epochs", type=int, default=5, help="training epochs (default: %(default)s)")
     add("--steps-per-epoch", type=int, default=1000, help="training batches per epoch (default: %(default)s)")
-    add("--batch-size", type=int, default=5, help="series per training batch (default: %(default)s)")
+    train_batch = add("--train-batch-size", type=int, default=5,
+                      help="series per training batch (default: %(default)s)")
+    cli.add_old_spellings(parser, train_batch, "--batch-size")
     add("--model", default=None, help="a .keras model to load (safe mode) instead of training; input (10, 3)")
-    cli.add_run_options(parser, out_default="results/seed_importance")
+    cli.add_run_options(parser, JOB, out_default="results/seed_importance")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    for name in ("samples", "epochs", "steps_per_epoch", "batch_size"):
+    for name in ("samples", "epochs", "steps_per_epoch", "train_batch_size"):
         validation.positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
-    validation.seed("--seed", args.seed)
-    job = {"name": "seed_importance", "samples": args.samples, "model": args.model}
-    if args.model is None:
-        job.update(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size)
+    validation.seed("--seed", args.random_state)
+    execution = cli.execution_from_args(args, JOB)
+    job = {"name": JOB, "samples": args.samples, "model": args.model}
+    if args.model is None:  # "batch_size": the key of --train-batch-size's value since before its rename
+        job.update(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.train_batch_size)
 
     from rnnimp.modelio import architecture, configure_tensorflow, load_model
 
@@ -47,26 +55,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rnnimp import reference
 
     loaded = load_model(args.model, "--model") if args.model else None
-    shape_model = loaded if loaded is not None else reference.build_model(args.seed)
+    shape_model = loaded if loaded is not None else reference.build_model(args.random_state)
     if tuple(shape_model.input_shape[1:]) != (reference.TIME_STEPS, reference.N_FEATURES):
         raise InvalidParameterError(
             "--model", f"must take input (batch, {reference.TIME_STEPS}, {reference.N_FEATURES})",
             f"{args.model} with input {shape_model.input_shape}")
-    sample = reference.evaluation_sample(args.seed, args.samples)
-    options = cli.options_from_args(args, reference.FEATURE_NAMES)
-    request = cli.prepare_request(shape_model, sample, None, options)
-    cli.check_out(args.out, {"configuration": request.configuration, "job": job}, args.overwrite)
+    labels = None
+    if args.metric == "loss-increase":
+        if tuple(shape_model.output_shape[1:]) not in ((reference.TIME_STEPS,), (reference.TIME_STEPS, 1)):
+            raise InvalidParameterError(
+                "--model", f"must have one output per time step ({reference.TIME_STEPS}) for --metric loss-increase "
+                "against the reference targets", f"{args.model} with output {shape_model.output_shape}")
+        sample, labels = reference.evaluation_series(args.random_state, args.samples)
+    else:
+        sample = reference.evaluation_sample(args.random_state, args.samples)
+    from rnnimp.options import prepare
+
+    options = cli.options_from_args(args, JOB, feature_names=reference.FEATURE_NAMES)
+    request = prepare(shape_model, sample, labels, options, cli.parameter_names(JOB, INPUTS))
+    cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
 
     def obtain_model():
         if loaded is not None:
             return loaded, {"phase": "load_model"}
-        trained = reference.train_model(args.seed, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                                        batch_size=args.batch_size)
+        trained = reference.train_model(args.random_state, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                                        batch_size=args.train_batch_size)
         print(f"rnnimp: trained the reference LSTM, final loss {trained.final_loss:.4f}", flush=True)
         return trained.model, {"phase": "train",
                                "training": {"final_loss": trained.final_loss, "epoch_losses": list(trained.losses)}}
 
-    return cli.execute(args, request, job, obtain_model, architecture(shape_model))
+    return cli.execute(execution, request, job, obtain_model, architecture(shape_model))
 
 
 if __name__ == "__main__":

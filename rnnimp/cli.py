@@ -7,12 +7,13 @@ runs; an error is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
-from . import output, validation
-from .errors import InvalidParameterError, RnnimpError
+from . import options, output
+from .errors import InvalidParameterError, Names, RnnimpError
 
 EXIT_BAD_INPUT = 2
 
@@ -36,114 +37,72 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         return 130
 
 
-def add_run_options(parser: argparse.ArgumentParser, out_default: str) -> None:
-    """The options every importance job shares (method, statistics, execution, output)."""
-    add = parser.add_argument
-    add("--out", default=out_default,
-        help="output folder or pyarrow.fs URI, e.g. s3://bucket/run (default: %(default)s)")
-    add("--repeats", type=int, default=30,
-        help="repeats per feature, >= 2; with --target-halfwidth, the first wave (default: %(default)s)")
-    add("--first-repeat", type=int, default=0,
-        help="index of the first repeat, to split repeats over several runs merged with jobs.merge (default: %(default)s)")
-    add("--perturbation", choices=("noise", "permute", "ablate"), default="noise",
-        help="noise: add Gaussian noise; permute: exchange a feature's trajectory between series; "
-             "ablate: replace it by --ablate-value (default: %(default)s)")
-    add("--noise-scale", type=float, default=0.2,
-        help="standard deviation of the added noise, in the feature's units (default: %(default)s)")
-    add("--noise-relative", type=float, default=None,
-        help="noise standard deviation as a fraction of each feature's standard deviation (overrides --noise-scale)")
-    add("--ablate-value", default="mean", help="mean, zero, or a number (default: %(default)s)")
-    add("--metric", choices=("rms", "mae", "loss-increase"), default="rms",
-        help="rms or mae change of the outputs, or the increase of the loss against --labels (default: %(default)s)")
-    add("--loss", choices=("mse", "binary-crossentropy"), default="mse",
-        help="loss of --metric loss-increase (default: %(default)s)")
-    add("--group", action="append", default=[], metavar="NAME=F1,F2",
-        help="perturb these features jointly, reported as one row NAME (repeatable)")
-    add("--per-step", action="store_true", help="a features x time-steps map: perturb one step at a time")
-    add("--resample", action="store_true",
-        help="each repeat also draws a bootstrap resample of the series (intervals include sample choice)")
-    add("--seed", type=int, default=0, help="the one seed all randomness derives from (default: %(default)s)")
-    add("--confidence", type=float, default=0.95, help="confidence level of the intervals (default: %(default)s)")
-    add("--interval", choices=("bca", "percentile", "t"), default="bca",
-        help="bootstrap method of the second interval: bca (percentile where BCa is undefined), "
-             "percentile, or t only (default: %(default)s)")
-    add("--target-halfwidth", type=float, default=None,
-        help="adaptive repeats: add waves until every t-interval half-width is at most this")
-    add("--relative", action="store_true", help="--target-halfwidth is a fraction of each mean effect")
-    add("--max-repeats", type=int, default=None,
-        help="adaptive repeats: at most this many per feature (default: 10 x --repeats)")
-    add("--wave-repeats", type=int, default=5, help="adaptive repeats: repeats per extra wave (default: %(default)s)")
-    add("--num-cpus", type=int, default=None,
-        help="CPUs of the embedded local Ray (default: all); ignored when RAY_ADDRESS is set")
-    add("--connect-timeout", type=float, default=30.0,
-        help="seconds to wait for the cluster in RAY_ADDRESS before giving up (default: %(default)s)")
-    add("--eval-batch-size", type=int, default=4096,
-        help="series per forward pass on the workers (default: %(default)s)")
-    add("--shard-size", type=int, default=65536,
-        help="series per unit of work, a multiple of --eval-batch-size (default: %(default)s)")
-    add("--overwrite", action="store_true",
-        help="discard results or an unfinished run of another configuration in --out")
-    add("--quiet", action="store_true", help="no progress bar")
+class _OldSpelling(argparse.Action):
+    """A former spelling of an option: does what the new one does, with a one-line note on stderr."""
+
+    def __init__(self, option_strings, dest, replacement: str, **kwargs) -> None:
+        self.replacement = replacement
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"note: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
-def parse_groups(values: Sequence[str]) -> dict[str, list[str]]:
-    """``["NAME=f1,f2", ...]`` as {NAME: [f1, f2]}; members are names or 0-based indexes."""
-    groups: dict[str, list[str]] = {}
-    for value in values:
-        name, _, members = value.partition("=")
-        names = [m.strip() for m in members.split(",") if m.strip()]
-        if not name.strip() or not names or name.strip() in groups:
-            raise InvalidParameterError("--group", "must be NAME=F1,F2 with a new name and at least one feature", value)
-        groups[name.strip()] = names
-    return groups
+def add_old_spellings(parser: argparse.ArgumentParser, action: argparse.Action, *old_flags: str) -> None:
+    """Accept ``old_flags`` for ``action`` (hidden from --help), each use printing a deprecation note."""
+    for old in old_flags:
+        parser.add_argument(old, dest=action.dest, action=_OldSpelling, replacement=action.option_strings[0],
+                            nargs=action.nargs, const=action.const, type=action.type, choices=action.choices,
+                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def _member(value: str) -> str | int:
-    return int(value) if value.isdigit() else value
+def add_run_options(parser: argparse.ArgumentParser, job: str, out_default: str) -> None:
+    """The run options ``job`` offers (method, statistics, execution, output), from the catalogue."""
+    for option, spec in options.catalogue(job):
+        default = out_default if option.name == "out" else option.default
+        kwargs: dict[str, Any] = {"dest": option.name, "help": spec.help}
+        if isinstance(option.default, bool):
+            kwargs.update(action="store_true")
+        elif spec.repeatable:
+            kwargs.update(action="append", default=[], metavar=spec.metavar)
+        else:
+            metavar = spec.metavar or (None if spec.choices else spec.flag.lstrip("-").replace("-", "_").upper())
+            kwargs.update(default=default, type=spec.type, choices=spec.choices, metavar=metavar)
+        action = parser.add_argument(spec.flag, **{k: v for k, v in kwargs.items() if v is not None})
+        add_old_spellings(parser, action, *spec.old_flags)
 
 
-def options_from_args(args: argparse.Namespace, feature_names: Sequence[str] | None):
-    """The API's Options from the parsed command line."""
-    from .api import Options
-
-    if args.num_cpus is not None:
-        validation.positive_int("--num-cpus", args.num_cpus)
-    validation.positive_finite("--connect-timeout", args.connect_timeout)
-    return Options(
-        n_repeats=args.repeats, first_repeat=args.first_repeat, perturbation=args.perturbation, noise_scale=args.noise_scale,
-        noise_relative=args.noise_relative, ablate_value=args.ablate_value, metric=args.metric, loss=args.loss,
-        groups={name: [_member(m) for m in members] for name, members in parse_groups(args.group).items()},
-        per_step=args.per_step, resample=args.resample, random_state=args.seed, confidence=args.confidence,
-        interval=args.interval, target_halfwidth=args.target_halfwidth, relative=args.relative,
-        max_repeats=args.max_repeats, wave_repeats=args.wave_repeats, feature_names=feature_names,
-        batch_size=args.eval_batch_size, shard_size=args.shard_size,
-    )
+def parameter_names(job: str, inputs: Mapping[str, str]) -> Names:
+    """How errors of ``job`` name parameters: the flags of its options, ``inputs`` for the data
+    (``{"X": "--data", "y": "--labels"}``)."""
+    return Names({**{option.name: spec.flag for option, spec in options.catalogue(job)}, **inputs})
 
 
-_OPTION_NAMES = {
-    "n_repeats": "--repeats", "random_state": "--seed", "batch_size": "--eval-batch-size",
-    "shard_size": "--shard-size", "X": "--data", "y": "--labels", "groups": "--group",
-    "feature_names": "--feature-names",
-}
+def options_from_args(args: argparse.Namespace, job: str, **resolved: Any) -> options.Options:
+    """The API's Options from the parsed command line of ``job``.
+
+    ``resolved``: values the job worked out itself (e.g. ``feature_names``
+    from a Parquet file), used where the command line leaves an option unset.
+    """
+    values = dict(resolved)
+    run_options = {option.name for option in dataclasses.fields(options.Options)}
+    for option, spec in options.catalogue(job):
+        if option.name not in run_options:
+            continue
+        value = getattr(args, option.name)
+        if spec.parse is not None:
+            value = spec.parse(value)
+        if value is not None or option.name not in values:
+            values[option.name] = value
+    return options.Options(**values)
 
 
-def as_option_error(error: InvalidParameterError) -> InvalidParameterError:
-    """The same error naming the command-line option instead of the API parameter."""
-    if error.parameter.startswith("X["):  # one input of several: X['name']
-        return InvalidParameterError("--data " + error.parameter[3:-2], error.rule, error.value)
-    option = _OPTION_NAMES.get(error.parameter, "--" + error.parameter.replace("_", "-"))
-    rule = error.rule.replace("batch_size", "--eval-batch-size")
-    return InvalidParameterError(option, rule, error.value)
-
-
-def prepare_request(model, sample, labels, options):
-    """:func:`rnnimp.api.prepare`, with errors naming command-line options."""
-    from .api import prepare
-
-    try:
-        return prepare(model, sample, labels, options)
-    except InvalidParameterError as error:
-        raise as_option_error(error) from None
+def execution_from_args(args: argparse.Namespace, job: str) -> options.Execution:
+    """Where and how ``job`` runs, checked."""
+    names = parameter_names(job, {})
+    return options.Execution(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options.Execution)}
+                             ).check(names)
 
 
 def check_out(out: str, configuration: dict[str, Any], overwrite: bool) -> None:
@@ -167,11 +126,14 @@ def check_out(out: str, configuration: dict[str, Any], overwrite: bool) -> None:
     if has_checkpoint:
         previous = checkpoint.read_manifest()
     elif info.type.name != "NotFound":
+        summary = f"{folder}/{output.SUMMARY_FILE}" if "://" not in out else out.rstrip("/") + "/" + output.SUMMARY_FILE
         try:
-            previous = output.read_metadata(f"{folder}/{output.SUMMARY_FILE}" if "://" not in out
-                                            else out.rstrip("/") + "/" + output.SUMMARY_FILE)
-        except Exception:
-            previous = {"unreadable": True}
+            previous = output.read_metadata(summary)
+        except Exception as error:  # not Parquet, or no rnnimp metadata: pyarrow, OSError, KeyError, JSON
+            reason = (str(error).splitlines() or [type(error).__name__])[0]
+            raise InvalidParameterError(
+                "--out", f"holds an unreadable {output.SUMMARY_FILE} ({reason}); use --overwrite or another folder",
+                out) from None
     if previous is None:
         return
     current = {"configuration": configuration["configuration"], "job": configuration["job"]}
@@ -184,7 +146,7 @@ def check_out(out: str, configuration: dict[str, Any], overwrite: bool) -> None:
             "use --overwrite or another folder", out)
 
 
-def execute(args: argparse.Namespace, request, job_configuration: dict[str, Any],
+def execute(execution: options.Execution, request: options.Request, job_configuration: dict[str, Any],
             obtain_model: Callable[[], tuple[Any, dict[str, Any]]], architecture_json: str) -> int:
     """Start Ray, warm the workers up, obtain the model (train or load), run, write, report.
 
@@ -192,27 +154,27 @@ def execute(args: argparse.Namespace, request, job_configuration: dict[str, Any]
     losses); it runs on the driver while the workers compile the model.
     """
     from . import distributed
-    from .api import run
     from .modelio import model_to_bytes
+    from .runner import run
 
     timings: dict[str, float] = {}
     job_started = started = time.perf_counter()
-    where = distributed.connect(args.num_cpus, args.connect_timeout)
+    where = distributed.connect(execution.num_cpus, execution.connect_timeout)
     executor = distributed.RayExecutor().warm_up(
         architecture_json, request.settings.layout.batch_size, request.inputs.shapes)
     timings["start_ray"] = time.perf_counter() - started
-    print(f"rnnimp: running on {where} with {len(executor.actors)} workers; results go to {args.out}", flush=True)
+    print(f"rnnimp: running on {where} with {len(executor.actors)} workers; results go to {execution.out}", flush=True)
     try:
         started = time.perf_counter()
         model, model_metadata = obtain_model()
         timings[model_metadata.pop("phase", "load_model")] = time.perf_counter() - started
-        result = run(model, request, executor=executor, progress=not args.quiet, checkpoint=args.out,
+        result = run(model, request, executor=executor, progress=not execution.quiet, checkpoint=execution.out,
                      metadata={"job": job_configuration, **model_metadata, "timings_s": timings})
         if result.metadata["units_from_checkpoint"]:
             print(f"rnnimp: resumed: {result.metadata['units_from_checkpoint']} of "
-                  f"{result.metadata['n_units']} units came from the checkpoint in {args.out}", flush=True)
+                  f"{result.metadata['n_units']} units came from the checkpoint in {execution.out}", flush=True)
         started = time.perf_counter()
-        paths = result.write(args.out, model_bytes=model_to_bytes(model))
+        paths = result.write(execution.out, model_bytes=model_to_bytes(model))
         write_s = time.perf_counter() - started
     finally:
         executor.shutdown()

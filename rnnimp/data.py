@@ -58,6 +58,7 @@ def load_series(
 
 
 SEQUENCE, STATIC = "sequence", "static"
+_distinct_names = validation.distinct_names  # still imported by rnnimp.dataset (main lost it in the split)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def feature_names_from_option(
     """The names in the comma-separated ``value`` (None stays None): ``n_features`` distinct, non-empty."""
     if value is None:
         return None
-    return _distinct_names(parameter, [name.strip() for name in value.split(",")], n_features, value)
+    return validation.distinct_names(parameter, [name.strip() for name in value.split(",")], n_features, value)
 
 
 def write_long_parquet(
@@ -223,7 +224,8 @@ def write_long_parquet(
     """
     array = validation.series_array("series", series)
     n_series, n_time, n_features = array.shape
-    names = _distinct_names("feature_names", [str(name) for name in feature_names], n_features, list(feature_names))
+    names = validation.distinct_names("feature_names", [str(name) for name in feature_names], n_features,
+                                      list(feature_names))
     if {series_column, time_column} & set(names) or series_column == time_column:
         raise InvalidParameterError(
             "feature_names", "must differ from the series and time columns and those from each other",
@@ -241,23 +243,6 @@ def write_long_parquet(
         table = table.filter(pa.array(keep))
     filesystem, resolved = resolve(path)
     pq.write_table(table, resolved, filesystem=filesystem)
-
-
-def _distinct_names(parameter: str, names: list[str], n_names: int, value: Any) -> list[str]:
-    """``names`` if there are ``n_names`` of them, all non-empty and distinct, else raise."""
-    if any(not name for name in names):
-        raise InvalidParameterError(parameter, "must not contain empty names", value)
-    if len(names) != n_names:
-        raise InvalidParameterError(parameter, f"must give {n_names} names, one per feature", value)
-    repeated = _repeated(names)
-    if repeated:
-        raise InvalidParameterError(parameter, f"must not repeat a name (repeated: {', '.join(repeated)})", value)
-    return names
-
-
-def _repeated(names: list[str]) -> list[str]:
-    """The names that occur more than once in ``names``, sorted."""
-    return sorted({name for name in names if names.count(name) > 1})
 
 
 def _locate(parameter: str, path: str) -> tuple[str, pafs.FileSystem, str]:
@@ -314,8 +299,8 @@ def _read_parquet(parameter: str, path: str, filesystem: pafs.FileSystem, resolv
 
 def _value_columns(parameter: str, table: pa.Table, series_column: str, columns: Sequence[str]) -> list[str]:
     """The value columns of ``table`` (all but the id ones), refusing a table without any or without rows."""
-    if _repeated(table.column_names):
-        raise InvalidParameterError(parameter, "must not repeat a column name", _repeated(table.column_names))
+    if validation.repeated(table.column_names):
+        raise InvalidParameterError(parameter, "must not repeat a column name", validation.repeated(table.column_names))
     names = [name for name in table.column_names if name not in columns]
     if not names:
         raise InvalidParameterError(
@@ -389,8 +374,8 @@ def _long_to_array(
 
     With ``with_ids``, also the sorted series ids.
     """
-    if _repeated(table.column_names):
-        raise InvalidParameterError(parameter, "must not repeat a column name", _repeated(table.column_names))
+    if validation.repeated(table.column_names):
+        raise InvalidParameterError(parameter, "must not repeat a column name", validation.repeated(table.column_names))
     for column, role in ((series_column, "series id"), (time_column, "time")):
         if column not in table.column_names:
             raise InvalidParameterError(

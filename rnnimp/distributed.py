@@ -267,6 +267,7 @@ class RayExecutor:
         self._baseline: Baseline | None = None
         self._baseline_shards: list = []  # object refs, replaced when a shard is lost
         self._recomputed = 0
+        self._connected_here = False  # whether start() connected to Ray, so shutdown() disconnects
 
     @property
     def actors(self) -> list:
@@ -276,6 +277,7 @@ class RayExecutor:
         if self.pool is None:
             if not ray.is_initialized():
                 connect()
+                self._connected_here = True
             count = self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
             self.pool = ActorPool(count)
         return self
@@ -370,6 +372,10 @@ class RayExecutor:
         self.timings["units"] += time.perf_counter() - started
 
     def shutdown(self) -> None:
+        """Stop the workers; disconnect from Ray if :meth:`start` connected (not if the caller had)."""
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
+        if self._connected_here:
+            shutdown()
+            self._connected_here = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 
 class RnnimpError(Exception):
@@ -21,3 +21,23 @@ class InvalidParameterError(RnnimpError, ValueError):
         self.rule = rule
         self.value = value
         super().__init__(f"{parameter}: {rule}, got {value!r}")
+
+
+class Names:
+    """How errors name parameters: the API's own names, or those of a job's command line.
+
+    ``names("max_repeats")`` is the name to show for the API parameter
+    ``max_repeats``: itself, unless ``renamed`` maps it (to ``--max-repeats``).
+    """
+
+    def __init__(self, renamed: Mapping[str, str] | None = None) -> None:
+        self.renamed = dict(renamed or {})
+
+    def __call__(self, parameter: str) -> str:
+        return self.renamed.get(parameter, parameter)
+
+    def __repr__(self) -> str:
+        return f"Names({self.renamed!r})"
+
+
+API_NAMES = Names()

@@ -216,7 +216,8 @@ def input_arrays(model, X: Any, parameter: str = "X") -> tuple[list[str], list[n
 
 def _input_array(parameter: str, name: str, value: Any, declared: tuple[int | None, ...],
                  named: bool) -> np.ndarray:
-    where = f"{parameter}[{name!r}]" if named else parameter
+    # X['static'] in the API; --data static on the command line
+    where = (f"{parameter} {name}" if parameter.startswith("-") else f"{parameter}[{name!r}]") if named else parameter
     array = np.asarray(value)
     if len(declared) == 2:
         kind, layout = "a sequence input", "(series, time, features)"
@@ -246,7 +247,7 @@ def _input_array(parameter: str, name: str, value: Any, declared: tuple[int | No
 
 
 def resolve_mask_values(mask_value: float | Mapping[str, float] | None, model, names: Sequence[str],
-                        arrays: Sequence[np.ndarray]) -> tuple[float | None, ...]:
+                        arrays: Sequence[np.ndarray], parameter: str = "mask_value") -> tuple[float | None, ...]:
     """The mask value of each input: None for static inputs and unmasked sequence inputs.
 
     ``mask_value``: None (each sequence input takes the ``mask_value`` of a
@@ -260,21 +261,21 @@ def resolve_mask_values(mask_value: float | Mapping[str, float] | None, model, n
     if isinstance(mask_value, Mapping):
         unknown = [str(k) for k in mask_value if str(k) not in names]
         if unknown:
-            raise InvalidParameterError("mask_value", f"must name inputs of the model ({', '.join(names)})",
+            raise InvalidParameterError(parameter, f"must name inputs of the model ({', '.join(names)})",
                                         unknown[0])
-        given = {str(k): _mask_number(v) for k, v in mask_value.items()}
+        given = {str(k): _mask_number(v, parameter) for k, v in mask_value.items()}
         for name, is_seq in zip(names, sequence):
             if name in given and not is_seq:
-                raise InvalidParameterError("mask_value", "applies to sequence inputs only",
+                raise InvalidParameterError(parameter, "applies to sequence inputs only",
                                             f"{name} is a static input")
         return tuple(given.get(name) for name in names)
-    value = _mask_number(mask_value)
+    value = _mask_number(mask_value, parameter)
     return tuple(value if is_seq else None for is_seq in sequence)
 
 
-def _mask_number(value: Any) -> float:
+def _mask_number(value: Any, parameter: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise InvalidParameterError("mask_value", "must be a finite number", value)
+        raise InvalidParameterError(parameter, "must be a finite number", value)
     return float(value)
 
 
@@ -292,7 +293,8 @@ def layout_of(names: Sequence[str], arrays: Sequence[np.ndarray], mask_values: S
 
 
 def feature_names(names: Sequence[str], arrays: Sequence[np.ndarray],
-                  given: Sequence[str] | Mapping[str, Sequence[str]] | None) -> list[str]:
+                  given: Sequence[str] | Mapping[str, Sequence[str]] | None,
+                  parameter: str = "feature_names") -> list[str]:
     """One distinct name per global feature.
 
     ``given``: None (``x1, x2, ...`` for one input; ``INPUT.x1, ...`` for
@@ -302,11 +304,7 @@ def feature_names(names: Sequence[str], arrays: Sequence[np.ndarray],
     """
     counts = [a.shape[-1] for a in arrays]
     if given is not None and not isinstance(given, Mapping):
-        listed = [str(n) for n in given]
-        if len(listed) != sum(counts) or len(set(listed)) != len(listed) or not all(listed):
-            raise InvalidParameterError(
-                "feature_names", f"must be {sum(counts)} distinct non-empty names, one per feature", listed)
-        return listed
+        return validation.distinct_names(parameter, [str(n) for n in given], sum(counts), list(given))
     per_input: list[list[str]] = []
     for name, count in zip(names, counts):
         chosen = None if given is None else given.get(name)
@@ -314,9 +312,7 @@ def feature_names(names: Sequence[str], arrays: Sequence[np.ndarray],
             prefix = f"{name}." if len(names) > 1 else ""
             chosen = [f"{prefix}x{i + 1}" for i in range(count)]
         chosen = [str(n) for n in chosen]
-        if len(chosen) != count or len(set(chosen)) != count or not all(chosen):
-            raise InvalidParameterError("feature_names", f"input {name!r} needs {count} distinct non-empty names",
-                                        chosen)
+        validation.distinct_names(f"{parameter} of input {name!r}", chosen, count, chosen)
         per_input.append(chosen)
     if len(names) == 1:
         return per_input[0]

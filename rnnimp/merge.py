@@ -15,13 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import output, stats
-from .api import ImportanceResult
 from .checkpoint import differences
 from .errors import InvalidParameterError
+from .options import REPEAT_KEYS  # configuration entries that only say which repeats a run computed
+from .result import ImportanceResult
 from .seeding import Stream, generator
-
-# Configuration entries that only say which repeats a run computed.
-REPEAT_KEYS = ("n_repeats", "first_repeat", "target_halfwidth", "relative", "max_repeats", "wave_repeats")
 
 
 def _comparable(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import InvalidParameterError
+from .errors import API_NAMES, InvalidParameterError, Names
 from .inputs import InputLayout, real_steps
 from .perturb import Perturbation, bootstrap_weights, perturb_inputs, permutation
 from .seeding import noise_key, resample_key
@@ -108,13 +108,16 @@ class Layout:
     shard_size: int
 
     @classmethod
-    def for_sample(cls, n_samples: int, batch_size: int, shard_size: int) -> "Layout":
-        """Effective layout: batches never exceed the sample; shards hold whole batches."""
+    def for_sample(cls, n_samples: int, batch_size: int, shard_size: int, names: Names = API_NAMES) -> "Layout":
+        """Effective layout: batches never exceed the sample; shards hold whole batches.
+
+        ``names``: how an error names ``batch_size`` and ``shard_size``.
+        """
         if n_samples <= shard_size:
             return cls(n_samples, min(batch_size, n_samples), n_samples)
         if shard_size % batch_size != 0:
             raise InvalidParameterError(
-                "shard_size", f"must be a multiple of batch_size ({batch_size})", shard_size
+                names("shard_size"), f"must be a multiple of {names('batch_size')} ({batch_size})", shard_size
             )
         return cls(n_samples, batch_size, shard_size)
 
@@ -271,82 +274,12 @@ class ShardEvaluator:
 
 
 def as_inputs(sample) -> Sequence[np.ndarray]:
-    """The sample as one array per model input: a bare array is the single input's."""
-    return (sample,) if isinstance(sample, np.ndarray) else sample
+    """The sample as one array per model input (a tuple or list); anything else (an array,
+    a :class:`rnnimp.dataset.SampleView`) is the single input's."""
+    return sample if isinstance(sample, (tuple, list)) else (sample,)
 
 
 def effect(batch_sums: Iterable[np.ndarray], metric: Metric) -> float:
     """The effect of one (target, step, repeat) from the per-batch sums of its shards."""
     stacked = np.concatenate(list(batch_sums))
     return metric.finalize(math.fsum(stacked[:, 0]) / math.fsum(stacked[:, 1]))
-
-
-def keras_forward(model, jit_compile: bool = False, output_mask: bool = False) -> Callable:
-    """``model(x, training=False)`` in one ``tf.function``: (batch, outputs) numpy.
-
-    ``x`` is one array for a single-input model, else a list of arrays in
-    ``model.inputs`` order (passed to Keras as a dict keyed by input name).
-    Models with several outputs have them flattened and concatenated. With
-    ``output_mask``, returns (predictions, weights): weights (batch, outputs)
-    float32, 0 where Keras masks an output value (the output's ``_keras_mask``
-    broadcast over its trailing axes), 1 elsewhere.
-    """
-    import tensorflow as tf
-
-    from .inputs import model_input_names
-
-    names = model_input_names(model) if len(model.inputs) > 1 else None
-
-    def flat(tensors, rows):
-        return tf.concat([tf.reshape(tf.cast(t, tf.float32), [rows, -1]) for t in tensors], axis=1)
-
-    def call(batch):
-        outputs = tf.nest.flatten(model(dict(zip(names, batch)) if names else batch, training=False))
-        rows = tf.shape(tf.nest.flatten(batch)[0])[0]
-        if not output_mask:
-            return flat(outputs, rows)
-        weights = []
-        for tensor in outputs:
-            mask = getattr(tensor, "_keras_mask", None)
-            weight = tf.ones_like(tensor, tf.float32)
-            if mask is not None:
-                mask = tf.cast(mask, tf.float32)
-                while mask.shape.rank < tensor.shape.rank:
-                    mask = mask[..., None]
-                weight = weight * mask
-            weights.append(weight)
-        return flat(outputs, rows), flat(weights, rows)
-
-    compiled = tf.function(call, jit_compile=jit_compile, reduce_retracing=True)
-    if output_mask:
-        return lambda batch: tuple(t.numpy() for t in compiled(batch))
-    return lambda batch: compiled(batch).numpy()
-
-
-def output_masked(model) -> bool:
-    """Whether Keras propagates a mask to any of the model's outputs (a ``Masking`` layer upstream, say)."""
-    return any(getattr(tensor, "_keras_mask", None) is not None for tensor in getattr(model, "outputs", None) or [])
-
-
-def forward_kind(model, jit_compile: bool) -> str:
-    """Which forward pass :func:`model_forward` uses for ``model``: fused-lstm, keras-xla or keras."""
-    from .lstm import fusable
-
-    if jit_compile and not output_masked(model) and fusable(model):
-        return "fused-lstm"
-    return "keras-xla" if jit_compile else "keras"
-
-
-def model_forward(model, jit_compile: bool = True) -> Callable:
-    """The fastest faithful forward pass: input batch(es) float32 -> (batch, outputs).
-
-    With ``jit_compile``, stacks of LSTM layers run as rnnimp's fused XLA
-    program (:mod:`rnnimp.lstm`), other models as ``model(x)`` under XLA;
-    without it, always ``model(x)`` in a plain ``tf.function``. A model whose
-    outputs carry a Keras mask returns (predictions, weights) (see :func:`keras_forward`).
-    """
-    from .lstm import fused_forward
-
-    if forward_kind(model, jit_compile) == "fused-lstm":
-        return fused_forward(model)
-    return keras_forward(model, jit_compile, output_mask=output_masked(model))

@@ -23,6 +23,7 @@ from scipy.stats import poisson
 if TYPE_CHECKING:
     from .inputs import InputLayout
 
+PERTURBATIONS = ("noise", "permute", "ablate")  # the kinds of Perturbation
 _PHILOX_WORDS_PER_BLOCK = 4  # Philox4x64 yields 4 uint64 per counter step
 _UNIFORM_SCALE = 2.0**-53
 NOISE_REGION = 2**128  # stream positions reserved per model input (Philox4x64's counter has 256 bits)
@@ -56,28 +57,17 @@ def sample_noise(
     return flat.reshape(n_samples, time_steps, n_features)
 
 
-def add_noise(
-    series: np.ndarray, features: tuple[int, ...], noise: np.ndarray, scale: float | Sequence[float],
-    step: int | None = None,
-) -> np.ndarray:
-    """A copy of ``series`` with ``scale * noise`` added to ``features``.
-
-    ``series``: (n, time, features); ``noise``: (n, time, len(features))
-    standard normal values, or (n, 1, len(features)) when ``step`` is given.
-    ``scale`` is one number or one per input feature. Every time step (or
-    only ``step``) of the listed features changes, nothing else does; shape
-    and dtype are kept and the input is not modified.
-    """
-    perturbed = np.array(series, copy=True)
-    add_noise_inplace(perturbed, features, noise, scale, step)
-    return perturbed
-
-
 def add_noise_inplace(
     series: np.ndarray, features: tuple[int, ...], noise: np.ndarray, scale: float | Sequence[float],
     step: int | None = None,
 ) -> None:
-    """Add ``scale * noise`` to ``features`` of ``series`` in place (see add_noise)."""
+    """Add ``scale * noise`` to ``features`` of ``series`` in place.
+
+    ``series``: (n, time, features); ``noise``: (n, time, len(features))
+    standard normal values, or (n, 1, len(features)) when ``step`` is given.
+    ``scale`` is one number or one per input feature. Every time step (or
+    only ``step``) of the listed features changes, nothing else does.
+    """
     steps = _steps(step)
     for column, feature in enumerate(features):
         feature_scale = scale if np.isscalar(scale) else scale[feature]
@@ -101,36 +91,6 @@ class Perturbation:
     kind: str
     scales: tuple[float, ...] = ()
     values: tuple[float, ...] = ()
-
-    @property
-    def is_random(self) -> bool:
-        return self.kind != "ablate"
-
-
-def perturb_batch(
-    batch: np.ndarray, sample: np.ndarray, first_sample: int, features: tuple[int, ...],
-    step: int | None, perturbation: Perturbation, key: tuple[int, int],
-    sources: np.ndarray | None = None,
-) -> None:
-    """Perturb ``batch`` in place: it holds ``sample[first_sample : first_sample + rows]``.
-
-    ``batch``: (rows, time, features); ``sample``: the whole sample (series,
-    time, features), read only. ``sources`` (series,) is the permutation of
-    the unit for ``permute``. Only ``features`` change, at every step or at
-    ``step`` only.
-    """
-    rows, time_steps = batch.shape[:2]
-    if perturbation.kind == "noise":
-        noise = sample_noise(key, first_sample, rows, 1 if step is not None else time_steps, len(features))
-        add_noise_inplace(batch, features, noise, perturbation.scales, step)
-    elif perturbation.kind == "permute":
-        donors = sample[sources[first_sample:first_sample + rows]]
-        batch[:, _steps(step), list(features)] = donors[:, _steps(step)][:, :, list(features)]
-    elif perturbation.kind == "ablate":
-        for feature in features:
-            batch[:, _steps(step), feature] = perturbation.values[feature]
-    else:
-        raise ValueError(f"unknown perturbation {perturbation.kind!r}")
 
 
 def permutation(key: tuple[int, int], n_samples: int) -> np.ndarray:
@@ -223,7 +183,11 @@ def perturb_inputs(
 
 
 def _perturb_sequence(batch, sample, first_sample, members, columns, step, perturbation, key, region, sources):
-    """Unmasked sequence input: the single-input rules of :func:`perturb_batch`, scales by global feature."""
+    """Unmasked sequence input: every step (or ``step``) of the target's columns; scales by global feature.
+
+    ``noise`` adds scale × the stream's values, ``permute`` copies the donors'
+    trajectories (time order kept), ``ablate`` writes the replacement value.
+    """
     rows, time_steps = batch.shape[:2]
     if perturbation.kind == "noise":
         noise = sample_noise(key, first_sample, rows, 1 if step is not None else time_steps, len(columns), region)

@@ -36,7 +36,6 @@ from matplotlib.ticker import MaxNLocator
 from .errors import InvalidParameterError
 
 EFFECTS_TITLE = "Importance: mean effect, interval and repeats"
-BAR_TITLE = EFFECTS_TITLE
 HEATMAP_TITLE = "Importance per time step"
 OUTPUTS_TITLE = "Importance per output"
 SEGMENTS_TITLE = "Importance per segment"
@@ -187,14 +186,6 @@ def effects_figure(
     if n:
         figure.legend(loc="outside lower center", ncols=3, frameon=False)
     return figure
-
-
-def bar_figure(
-    names: Sequence[str], means: Sequence[float], lows: Sequence[float], highs: Sequence[float],
-    *, title: str = BAR_TITLE, ylabel: str = DEFAULT_AXIS_LABEL,
-) -> Figure:
-    """Compatibility wrapper: :func:`effects_figure` without repeats, ``ylabel`` as its axis label."""
-    return effects_figure(names, means, lows, highs, axis_label=ylabel, title=title)
 
 
 def segments_figure(

@@ -35,6 +35,16 @@ def evaluation_sample(seed: int, n_series: int) -> np.ndarray:
     return _draw_inputs(generator(seed, Stream.EVALUATION_SAMPLE), n_series)
 
 
+def evaluation_series(seed: int, n_series: int) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation sample with its targets: (n_series, 10, 3) and x1*x2 (n_series, 10), float32.
+
+    The inputs are exactly :func:`evaluation_sample`'s (the same draws of the
+    evaluation stream); the targets are computed from them, for the
+    loss-increase metric.
+    """
+    return make_series(generator(seed, Stream.EVALUATION_SAMPLE), n_series)
+
+
 def _draw_inputs(rng: np.random.Generator, n_series: int) -> np.ndarray:
     """(n_series, 10, 3) float32 uniform in [0, 1)."""
     return rng.random((n_series, TIME_STEPS, N_FEATURES), dtype=np.float32)

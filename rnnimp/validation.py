@@ -48,6 +48,27 @@ def seed(parameter: str, value: Any) -> int:
     return int(value)
 
 
+def distinct_names(parameter: str, names: list[str], n_names: int, value: Any) -> list[str]:
+    """``names`` if there are ``n_names`` of them, all non-empty and distinct, else raise.
+
+    The one check of feature names, whether they come from the API, the
+    command line or a file; ``value`` is what the user gave, for the message.
+    """
+    if any(not name for name in names):
+        raise InvalidParameterError(parameter, "must not contain empty names", value)
+    if len(names) != n_names:
+        raise InvalidParameterError(parameter, f"must give {n_names} names, one per feature", value)
+    if repeated(names):
+        raise InvalidParameterError(
+            parameter, f"must not repeat a name (repeated: {', '.join(repeated(names))})", value)
+    return names
+
+
+def repeated(names: list[str]) -> list[str]:
+    """The names that occur more than once in ``names``, sorted."""
+    return sorted({name for name in names if names.count(name) > 1})
+
+
 def series_array(parameter: str, value: Any) -> np.ndarray:
     """Return a C-contiguous float32 array of shape (series, time, features).
 

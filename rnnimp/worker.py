@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .forward import model_forward, output_masked
 from .inputs import InputLayout
-from .method import Layout, Metric, Shard, ShardEvaluator, Unit, as_inputs, model_forward, output_masked
+from .method import Layout, Metric, Shard, ShardEvaluator, Unit, as_inputs
 from .modelio import ModelSpec
 from .perturb import Perturbation
 
@@ -153,3 +154,6 @@ class LocalExecutor:
         for unit in units:
             yield unit, unit_sums(job.model, job.sample, baseline.shards[unit.shard.index], job.labels,
                                   job.settings, unit)
+
+    def shutdown(self) -> None:
+        """Nothing to release: the compiled evaluators stay cached in this process."""

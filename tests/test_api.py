@@ -91,7 +91,7 @@ def test_bad_parameters_are_refused_with_their_name(linear_model, sample):
         (dict(n_repeats=1), "n_repeats: must be at least 2"),
         (dict(noise_scale=-1.0), "noise_scale: must be a finite number > 0"),
         (dict(confidence=1.0), "confidence: must be strictly between 0 and 1"),
-        (dict(feature_names=["a"]), "feature_names: must be 3 distinct non-empty names"),
+        (dict(feature_names=["a"]), "feature_names: must give 3 names, one per feature"),
         (dict(perturbation="shuffle"), "perturbation: must be one of noise, permute, ablate"),
         (dict(metric="r2"), "metric: must be one of rms, mae, loss-increase"),
         (dict(metric="loss-increase"), "y: labels are required for the loss-increase metric"),

@@ -43,7 +43,7 @@ def test_plain_loop_model_does_not_inherit_the_fast_training_settings():
     import numpy as np
 
     from rnnimp import reference
-    from rnnimp.bench import plainly_compiled
+    from jobs.benchmark_tools import plainly_compiled
 
     model = reference.build_model(0)
     model.compile(optimizer="adam", loss="binary_crossentropy", jit_compile=True, steps_per_execution=100)

@@ -13,7 +13,8 @@ def test_help_documents_every_option():
     done = run_job("jobs.seed_importance", "--help")
     assert done.returncode == 0
     for option in ["--out", "--samples", "--repeats", "--noise-scale", "--seed", "--confidence", "--epochs",
-                   "--steps-per-epoch", "--batch-size", "--model", "--num-cpus"]:
+                   "--steps-per-epoch", "--train-batch-size", "--model", "--num-cpus", "--connect-timeout",
+                   "--halfwidth-relative"]:
         assert option in done.stdout
 
 
@@ -31,7 +32,7 @@ def test_help_documents_every_option():
         (["--samples", "300", "--eval-batch-size", "64", "--shard-size", "100"],
          "--shard-size: must be a multiple of --eval-batch-size (64), got 100"),
         (["--group", "g=x1,x7"], "--group: must name known features (x1, x2, x3) or indexes 0..2, got 'x7'"),
-        (["--target-halfwidth", "0.01", "--max-repeats", "3"], "--max-repeats: must be at least n_repeats (30), got 3"),
+        (["--target-halfwidth", "0.01", "--max-repeats", "3"], "--max-repeats: must be at least --repeats (30), got 3"),
         (["--samples", "ten"], "argument --samples: invalid int value: 'ten'"),
         (["--model", "missing.keras"], "--model: must be an existing readable file, got 'missing.keras'"),
         (["--model", "weights.h5"], "--model: must be a .keras file, got 'weights.h5'"),

@@ -5,7 +5,7 @@ import pytest
 
 from rnnimp import reference
 from rnnimp.lstm import fusable, fused_forward
-from rnnimp.method import forward_kind, model_forward
+from rnnimp.forward import forward_kind, model_forward
 
 keras = pytest.importorskip("keras")
 

@@ -5,7 +5,7 @@ import pytest
 
 from pngtools import decode_png
 from rnnimp.errors import InvalidParameterError
-from rnnimp.plots import bar_figure, heatmap_figure
+from rnnimp.plots import effects_figure, heatmap_figure
 
 NAMES = ["x1", "x2", "x3", "x4"]
 MEANS = np.array([0.10, 0.20, 0.004, 0.05])
@@ -13,8 +13,8 @@ LOWS = np.array([0.09, 0.17, 0.003, np.nan])
 HIGHS = np.array([0.11, 0.24, 0.005, np.nan])
 
 
-def test_bar_figure_is_the_effects_chart_with_one_bar_per_feature_sorted():
-    figure = bar_figure(NAMES, MEANS, LOWS, HIGHS, title="planted", ylabel="RMS change")
+def test_effects_figure_is_the_effects_chart_with_one_bar_per_feature_sorted():
+    figure = effects_figure(NAMES, MEANS, LOWS, HIGHS, title="planted", axis_label="RMS change")
     decode_png(figure)
     axes = figure.axes[0]
     bars = axes.containers[0]
@@ -24,8 +24,8 @@ def test_bar_figure_is_the_effects_chart_with_one_bar_per_feature_sorted():
     assert axes.get_title() == "planted" and axes.get_xlabel() == "RMS change"
 
 
-def test_bar_figure_error_bars_span_each_interval():
-    figure = bar_figure(NAMES, MEANS, LOWS, HIGHS)
+def test_effects_figure_error_bars_span_each_interval():
+    figure = effects_figure(NAMES, MEANS, LOWS, HIGHS)
     error_bars = figure.axes[0].containers[1]
     segments = error_bars.lines[2][0].get_segments()  # one horizontal segment per bar, empty without an interval
     order = np.argsort(-MEANS)  # rows sorted by mean: x2, x1, x4, x3
@@ -35,9 +35,9 @@ def test_bar_figure_error_bars_span_each_interval():
     np.testing.assert_allclose(spans, np.column_stack([LOWS, HIGHS])[finite])
 
 
-def test_bar_figure_refuses_mismatched_values():
+def test_effects_figure_refuses_mismatched_values():
     with pytest.raises(InvalidParameterError, match=r"low: must hold 4 values, one per name, got \(3,\)"):
-        bar_figure(NAMES, MEANS, LOWS[:3], HIGHS)
+        effects_figure(NAMES, MEANS, LOWS[:3], HIGHS)
 
 
 def test_heatmap_figure_draws_the_time_step_map():

@@ -1,4 +1,4 @@
-"""Throughput measurements for the benchmark job; pure TensorFlow, no Ray.
+"""Throughput measurements for jobs.benchmark; pure TensorFlow, no Ray (not part of the library).
 
 Throughput is counted in sample-steps per second: series × time steps
 evaluated by the model per second.
@@ -54,11 +54,12 @@ def forward_seconds_per_pass(model, sample: np.ndarray, batch_size: int, fused: 
     The machine's forward-pass limit for this model: no perturbation, no
     reduction, nothing but the compiled model on batches of ``batch_size``
     (the last one padded, as rnnimp's workers do). ``fused``: the forward
-    rnnimp's workers run (:func:`rnnimp.method.model_forward`); otherwise
+    rnnimp's workers run (:func:`rnnimp.forward.model_forward`); otherwise
     ``model(x, training=False)`` in a ``tf.function`` under XLA. Compilation
     is not timed.
     """
-    from .method import Layout, ShardEvaluator, keras_forward, model_forward
+    from rnnimp.forward import keras_forward, model_forward
+    from rnnimp.method import Layout, ShardEvaluator
 
     n_samples, time_steps, n_features = sample.shape
     layout = Layout.for_sample(n_samples, batch_size, n_samples)

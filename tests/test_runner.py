@@ -1,0 +1,111 @@
+"""run() and its executors: the Executor protocol, and who shuts an executor down."""
+
+import time
+
+import numpy as np
+import pytest
+
+from conftest import linear_lstm_free_model
+from rnnimp import InvalidParameterError, runner, sensitivity_importance
+from rnnimp.api import Executor
+from rnnimp.worker import LocalExecutor
+
+
+@pytest.fixture(scope="module")
+def model():
+    return linear_lstm_free_model([1.0, -2.0, 0.0], time_steps=3)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return np.random.default_rng(5).random((40, 3, 3), dtype=np.float32)
+
+
+class RecordingExecutor(LocalExecutor):
+    """The local executor, counting shutdowns; ``fail`` makes its units raise."""
+
+    made = []
+
+    def __init__(self, fail=False):
+        super().__init__()
+        self.shutdowns, self.fail = 0, fail
+        RecordingExecutor.made.append(self)
+
+    def evaluate(self, job, baseline, units):
+        if self.fail:
+            raise RuntimeError("a unit failed")
+        yield from super().evaluate(job, baseline, units)
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_both_executors_satisfy_the_protocol():
+    from rnnimp.distributed import RayExecutor
+
+    assert isinstance(LocalExecutor(), Executor)
+    assert isinstance(RayExecutor(), Executor)  # creating one starts nothing
+    assert not isinstance(object(), Executor)
+
+
+def test_an_executor_run_made_is_shut_down_even_when_the_run_fails(model, sample, monkeypatch):
+    RecordingExecutor.made.clear()
+    monkeypatch.setattr(runner, "LocalExecutor", RecordingExecutor)
+    sensitivity_importance(model, sample, n_repeats=2, executor="local")
+    with pytest.raises(RuntimeError, match="a unit failed"):
+        monkeypatch.setattr(runner, "LocalExecutor", lambda: RecordingExecutor(fail=True))
+        sensitivity_importance(model, sample, n_repeats=2)
+    assert [made.shutdowns for made in RecordingExecutor.made] == [1, 1]
+
+
+def test_an_executor_passed_in_is_left_running(model, sample):
+    executor = RecordingExecutor()
+    first = sensitivity_importance(model, sample, n_repeats=2, executor=executor)
+    second = sensitivity_importance(model, sample, n_repeats=2, executor=executor)
+    assert executor.shutdowns == 0
+    np.testing.assert_array_equal(first.effects, second.effects)
+
+
+def test_an_object_without_the_executor_methods_is_refused(model, sample):
+    class Partial:  # evaluate and baseline, but no shutdown, name or timings
+        def baseline(self, job): ...
+        def evaluate(self, job, baseline, units): ...
+
+    with pytest.raises(InvalidParameterError, match="executor: must be 'local', 'ray' or an executor object"):
+        sensitivity_importance(model, sample, n_repeats=2, executor=Partial())
+
+
+def _free_cpus(ray, expected, timeout_s=30.0):
+    """Available CPUs once they reach ``expected`` (actors give theirs back when killed), or the last count."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        free = ray.available_resources().get("CPU", 0)
+        if free == expected or time.monotonic() > deadline:
+            return free
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_ray_executor_made_by_run_leaves_no_actors_and_no_ray_it_started(model, sample, monkeypatch):
+    import ray
+
+    from rnnimp import distributed
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local = sensitivity_importance(model, sample, n_repeats=2)
+    try:
+        distributed.connect(2)  # the caller's own connection: run() must leave it up
+        result = sensitivity_importance(model, sample, n_repeats=2, executor="ray")
+        assert ray.is_initialized()
+        assert _free_cpus(ray, 2.0) == 2.0  # its two one-CPU actors are gone
+        kept = distributed.RayExecutor(num_workers=1)
+        sensitivity_importance(model, sample, n_repeats=2, executor=kept)
+        assert len(kept.actors) == 1 and _free_cpus(ray, 1.0, timeout_s=2.0) == 1.0  # left running
+        kept.shutdown()
+    finally:
+        distributed.shutdown()
+    np.testing.assert_array_equal(result.effects, local.effects)
+
+    unconnected = sensitivity_importance(model, sample, n_repeats=2, executor="ray")  # starts its own Ray...
+    assert not ray.is_initialized()  # ...and stops it
+    np.testing.assert_array_equal(unconnected.effects, local.effects)
