@@ -43,10 +43,10 @@ def forecast(out: str, rng: np.random.Generator) -> None:
     os.makedirs(folder, exist_ok=True)
     model.save(os.path.join(folder, "model.keras"))
     evaluation = slice(0, 500)
-    data.write_long_parquet(sequence[evaluation], os.path.join(folder, "sequence.parquet"), ["demand", "price", "promo"],
-                            series_column="store")
-    data.write_static_parquet(static[evaluation], os.path.join(folder, "static.parquet"), ["size", "age", "region_code"],
-                              series_column="store")
+    data.write_long_parquet(sequence[evaluation], os.path.join(folder, "sequence.parquet"),
+                            ["demand", "price", "promo"], series_column="store")
+    data.write_static_parquet(static[evaluation], os.path.join(folder, "static.parquet"),
+                              ["size", "age", "region_code"], series_column="store")
 
 
 def masked(out: str, rng: np.random.Generator) -> None:

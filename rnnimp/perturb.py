@@ -5,8 +5,9 @@ laid out sample after sample (``time_steps`` values per sample per perturbed
 feature). With several model inputs, input ``k``'s values start at position
 ``k * NOISE_REGION`` of the stream, so features of different inputs (a static
 and a sequence feature of one group, say) never share draws; input 0 starts
-at 0, so a single-input model draws exactly what it always drew. Value number ``i`` is a pure function of the unit's Philox key and
-``i``: Philox is counter-based, so the stream can be entered at any sample
+at 0, so a single-input model draws exactly what it always drew. Value
+number ``i`` is a pure function of the unit's Philox key and ``i``: Philox
+is counter-based, so the stream can be entered at any sample
 without drawing what comes before. The noise a sample receives is therefore
 the same however the sample is split into shards and batches.
 """

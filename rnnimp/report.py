@@ -46,7 +46,8 @@ def format_summary(table: pa.Table, confidence: float) -> str:
         lines.append(
             f"{c['rank'][i]:>4}  {c['feature'][i]:<{names}} " + (f"{inputs[i]:<{width}} " if inputs else "")
             + f"{c['mean'][i]:>9.4f} {c['std'][i]:>9.4f}"
-            f"  [{c['t_low'][i]:>8.4f}, {c['t_high'][i]:>8.4f}]  [{c['bootstrap_low'][i]:>8.4f}, {c['bootstrap_high'][i]:>8.4f}]"
+            f"  [{c['t_low'][i]:>8.4f}, {c['t_high'][i]:>8.4f}]"
+            f"  [{c['bootstrap_low'][i]:>8.4f}, {c['bootstrap_high'][i]:>8.4f}]"
         )
     return "\n".join(lines)
 

@@ -47,7 +47,8 @@ def test_long_form_of_uneven_series_equals_the_padded_array(tmp_path, uneven, pa
     import keras
 
     keras.utils.set_random_seed(1)
-    model = keras.Sequential([keras.Input((T, F)), keras.layers.Masking(0.0), keras.layers.GRU(3), keras.layers.Dense(1)])
+    model = keras.Sequential([keras.Input((T, F)), keras.layers.Masking(0.0), keras.layers.GRU(3),
+                              keras.layers.Dense(1)])
     a = sensitivity_importance(model, loaded, n_repeats=2, padding=padding, perturbation="permute")
     b = sensitivity_importance(model, from_npy, n_repeats=2, padding=padding, perturbation="permute")
     np.testing.assert_array_equal(a.effects, b.effects)
