@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any, Callable, NoReturn, Sequence
 
-from . import output, validation
+from . import logs, output, validation
 from .errors import InvalidParameterError, RnnimpError
 
 EXIT_BAD_INPUT = 2
@@ -25,12 +25,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main``; an RnnimpError becomes one line on stderr and exit code 2."""
+    """Run ``main``; an RnnimpError becomes one line on stderr and its exit code (2: bad input)."""
     try:
         return main(argv)
     except RnnimpError as error:
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return getattr(error, "exit_code", EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -84,6 +84,18 @@ def add_run_options(parser: argparse.ArgumentParser, out_default: str) -> None:
     add("--overwrite", action="store_true",
         help="discard results or an unfinished run of another configuration in --out")
     add("--quiet", action="store_true", help="no progress bar")
+    add("--verbose", action=_VerboseAction, help="also show TensorFlow's, absl's and Ray's own log lines")
+
+
+class _VerboseAction(argparse.Action):
+    """``--verbose``: recorded in the environment at once, before TensorFlow is imported (workers inherit it)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        logs.set_verbose(True)
+        setattr(namespace, self.dest, True)
 
 
 def parse_groups(values: Sequence[str]) -> dict[str, list[str]]:
@@ -193,6 +205,7 @@ def execute(args: argparse.Namespace, request, job_configuration: dict[str, Any]
     from .api import run
     from .modelio import model_to_bytes
 
+    logs.setup_driver()
     timings: dict[str, float] = {}
     job_started = started = time.perf_counter()
     where = distributed.connect(args.num_cpus, args.connect_timeout)
