@@ -210,6 +210,11 @@ def execute(args: argparse.Namespace, request, job_configuration: dict[str, Any]
     job_started = started = time.perf_counter()
     where = distributed.connect(args.num_cpus, args.connect_timeout)
     sample = request.sample
+    try:
+        distributed.check_sizes(sample, request.labels, request.settings, architecture_json)
+    except RnnimpError:
+        distributed.shutdown()
+        raise
     executor = distributed.RayExecutor().warm_up(
         architecture_json, request.settings.layout.batch_size, sample.shape[1], sample.shape[2])
     timings["start_ray"] = time.perf_counter() - started

@@ -16,6 +16,7 @@ import collections
 import logging
 import os
 import re
+import shutil
 import socket
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -23,7 +24,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
 
-from . import logs
+from . import logs, sizes
 from .errors import InvalidParameterError, WorkersLostError
 from .method import Unit
 from .method import Shard
@@ -127,6 +128,43 @@ def shutdown() -> None:
     """Disconnect from Ray (stops an embedded local Ray)."""
     if ray.is_initialized():
         ray.shutdown()
+
+
+def cluster_capacity() -> sizes.Capacity:
+    """The smallest live node's object store, its memory per CPU, and the free disk of Ray's temp folder here."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    store = min(int(resources.get("object_store_memory", 0)) for resources in nodes)
+    per_worker = min(int(resources.get("memory", 0) / resources["CPU"]) for resources in nodes
+                     if resources.get("CPU", 0) >= 1)
+    spill_folder = os.environ.get("RAY_TMPDIR", "/tmp")
+    return sizes.Capacity(store, shutil.disk_usage(spill_folder).free if os.path.isdir(spill_folder) else 0,
+                          per_worker)
+
+
+_CHECKED: set = set()
+
+
+def check_sizes(sample, labels, settings, architecture_json: str) -> None:
+    """Refuse (TooLargeError, one line) a run whose data or batches cannot fit; warn where it would spill.
+
+    ``sample``: (series, time, features); ``labels``: (series, outputs) or
+    None; ``settings``: the run's :class:`~rnnimp.worker.Settings`. Checked
+    once per shape and architecture in this process.
+    """
+    layout = settings.layout
+    key = (hash(architecture_json), sample.shape, None if labels is None else labels.shape,
+           layout.batch_size, layout.shard_size, settings.perturbation.kind)
+    if key in _CHECKED:
+        return
+    import keras
+
+    n_weights, activations, n_outputs = sizes.model_sizes(keras.models.model_from_json(architecture_json))
+    run_sizes = sizes.RunSizes(sample.shape[0], sample.shape[1], sample.shape[2], n_outputs, layout.batch_size,
+                               layout.shard_size, n_weights, activations, labels is not None,
+                               settings.perturbation.kind == "permute")
+    for warning in sizes.check(run_sizes, cluster_capacity()):
+        log.warning(warning)
+    _CHECKED.add(key)
 
 
 @ray.remote(num_cpus=1)
@@ -454,6 +492,7 @@ class RayExecutor:
         """Object refs of the job's model, sample and labels, put once per job."""
         if self._job is not job:
             started = time.perf_counter()
+            check_sizes(job.sample, job.labels, job.settings, job.model.architecture_json)
             self.start()
             self.pool.wait_until_ready(None if self._job is None else 1)  # the first job waits for all
             self.timings["wait_workers"] = time.perf_counter() - started
