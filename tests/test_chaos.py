@@ -1,0 +1,119 @@
+"""Chaos: worker processes killed (SIGKILL) in every phase of a run; the effects stay bit-identical.
+
+A helper thread watches this test's own Ray worker processes (descendants of
+the test process, so never another Ray on the machine) and reads what each
+is doing from its process title, which Ray sets to
+``ray::_EvaluationWorker.<method>`` while a method runs. It kills, one after
+the other with a pause between kills: a worker importing TensorFlow
+(``__init__``), one compiling (``warm_up``), one computing the baseline
+(``predict_shard``), one computing units (``unit_sums``), a replacement while
+it starts, and units again, spread over adaptive waves.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+OPTIONS = dict(n_repeats=2, target_halfwidth=1e-12, max_repeats=4, wave_repeats=1, random_state=5,
+               batch_size=64, shard_size=2048)
+N_SERIES = 8192
+# (phase, method whose running worker is killed): start-up, warm-up, baseline, units, a starting replacement, units
+KILL_PLAN = [("starting", "__init__"), ("compiling", "warm_up"), ("baseline", "predict_shard"),
+             ("units", "unit_sums"), ("replacement starting", "__init__"), ("units again", "unit_sums")]
+
+
+def descendants(root: int) -> list[int]:
+    """Pids of every process below ``root`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def evaluation_workers() -> dict[int, str]:
+    """{pid: process title} of this test's actor processes."""
+    titles = {}
+    for pid in descendants(os.getpid()):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if title.startswith("ray::_EvaluationWorker"):
+            titles[pid] = title
+    return titles
+
+
+class Killer(threading.Thread):
+    """Works through KILL_PLAN: waits for a worker running the method, SIGKILLs it, pauses, next."""
+
+    def __init__(self, pause_s: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.pause_s = pause_s
+        self.stop = threading.Event()
+        self.kills: list[tuple[str, str]] = []  # (phase, title of the killed process)
+
+    def run(self) -> None:
+        for phase, method in KILL_PLAN:
+            while not self.stop.is_set():
+                victims = [(pid, title) for pid, title in evaluation_workers().items() if f".{method}" in title]
+                if victims:
+                    pid, title = victims[0]
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+                    self.kills.append((phase, title))
+                    break
+                time.sleep(0.005)
+            if self.stop.wait(self.pause_s):
+                return
+
+
+def test_workers_killed_in_every_phase_change_nothing(monkeypatch):
+    from rnnimp import distributed, reference, sensitivity_importance
+    from rnnimp.modelio import architecture
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    model = reference.build_model(5)  # untrained weights: the effects are what they are, bit for bit
+    sample = reference.evaluation_sample(5, N_SERIES)
+    undisturbed = sensitivity_importance(model, sample, **OPTIONS)  # in-process, bit-identical to Ray
+
+    distributed.connect(num_cpus=2)
+    killer = Killer()
+    try:
+        killer.start()
+        executor = distributed.RayExecutor()
+        executor.warm_up(architecture(model), OPTIONS["batch_size"], sample.shape[1], sample.shape[2])
+        disturbed = sensitivity_importance(model, sample, executor=executor, **OPTIONS)
+        replaced = executor.pool.replaced
+        executor.shutdown()
+    finally:
+        killer.stop.set()
+        killer.join(timeout=10)
+        distributed.shutdown()
+    print("kills:", killer.kills)
+    assert [phase for phase, _ in killer.kills] == [phase for phase, _ in KILL_PLAN], killer.kills
+    assert replaced == len(KILL_PLAN)
+    assert disturbed.metadata["n_units"] == undisturbed.metadata["n_units"] == 3 * 4 * 4
+    np.testing.assert_array_equal(disturbed.effects, undisturbed.effects)
