@@ -40,8 +40,6 @@ WORKER_ENV = {
     "OMP_NUM_THREADS": "1",
 }
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's switch of token authentication: "token" or "disabled"
-
-
 _AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
@@ -56,6 +54,8 @@ def worker_env() -> dict[str, str]:
     if not logs.verbose():
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return env
+
+
 _LOST_ACTOR = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 

@@ -24,8 +24,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 OPTIONS = dict(n_repeats=2, target_halfwidth=1e-12, max_repeats=4, wave_repeats=1, random_state=5,
-               batch_size=64, shard_size=2048)
-N_SERIES = 8192
+               batch_size=16, shard_size=4096)  # small batches: each baseline shard takes a while to compute
+N_SERIES = 32768
+N_UNITS = 3 * 4 * (N_SERIES // 4096)  # features x repeats (2, then waves of 1 and 1) x shards
 # (phase, method whose running worker is killed): start-up, warm-up, baseline, units, a starting replacement, units
 KILL_PLAN = [("starting", "__init__"), ("compiling", "warm_up"), ("baseline", "predict_shard"),
              ("units", "unit_sums"), ("replacement starting", "__init__"), ("units again", "unit_sums")]
@@ -51,17 +52,25 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def evaluation_workers() -> dict[int, str]:
-    """{pid: process title} of this test's actor processes."""
-    titles = {}
-    for pid in descendants(os.getpid()):
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if title.startswith("ray::_EvaluationWorker"):
-            titles[pid] = title
-    return titles
+def title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+class Workers:
+    """This test's actor processes and what they run, cheap to poll: the process tree is rescanned every 0.2 s."""
+
+    def __init__(self) -> None:
+        self.candidates: list[int] = []
+        self.scanned = 0.0
+
+    def titles(self) -> dict[int, str]:
+        if time.monotonic() - self.scanned > 0.2:
+            self.candidates, self.scanned = descendants(os.getpid()), time.monotonic()
+        found = {pid: title(pid) for pid in self.candidates}
+        return {pid: text for pid, text in found.items() if text.startswith("ray::_EvaluationWorker")}
 
 
 class Killer(threading.Thread):
@@ -74,18 +83,19 @@ class Killer(threading.Thread):
         self.kills: list[tuple[str, str]] = []  # (phase, title of the killed process)
 
     def run(self) -> None:
+        workers = Workers()
         for phase, method in KILL_PLAN:
             while not self.stop.is_set():
-                victims = [(pid, title) for pid, title in evaluation_workers().items() if f".{method}" in title]
+                victims = [(pid, text) for pid, text in workers.titles().items() if f".{method}" in text]
                 if victims:
-                    pid, title = victims[0]
+                    pid, text = victims[0]
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         continue
-                    self.kills.append((phase, title))
+                    self.kills.append((phase, text))
                     break
-                time.sleep(0.005)
+                time.sleep(0.002)
             if self.stop.wait(self.pause_s):
                 return
 
@@ -115,5 +125,5 @@ def test_workers_killed_in_every_phase_change_nothing(monkeypatch):
     print("kills:", killer.kills)
     assert [phase for phase, _ in killer.kills] == [phase for phase, _ in KILL_PLAN], killer.kills
     assert replaced == len(KILL_PLAN)
-    assert disturbed.metadata["n_units"] == undisturbed.metadata["n_units"] == 3 * 4 * 4
+    assert disturbed.metadata["n_units"] == undisturbed.metadata["n_units"] == N_UNITS
     np.testing.assert_array_equal(disturbed.effects, undisturbed.effects)

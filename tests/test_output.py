@@ -16,6 +16,7 @@ SMALL_RUN = ("--epochs", "1", "--steps-per-epoch", "5", "--samples", "50", "--re
 RNNIMP_LINES = [re.compile(pattern) for pattern in (
     r"^$",
     r"^rnnimp: ",
+    r"^error: ",
     r"^rank +feature +mean +std ",
     r"^-+$",
     r"^ +\d+ +\S+ +-?\d",  # a summary row
@@ -49,12 +50,12 @@ def test_verbose_lets_tensorflow_and_ray_speak(tmp_path):
 
 def test_a_batch_too_large_for_the_workers_is_refused_before_any_work(tmp_path):
     out = tmp_path / "run"
-    done = run_job("jobs.seed_importance", "--samples", "2000000", "--eval-batch-size", "2000000",
-                   "--shard-size", "2000000", "--repeats", "2", "--num-cpus", "1", "--out", str(out), timeout=300)
+    done = run_job("jobs.seed_importance", "--samples", "3000000", "--eval-batch-size", "3000000",
+                   "--shard-size", "3000000", "--repeats", "2", "--num-cpus", "2", "--out", str(out), timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
     assert foreign_lines(done.stderr) == [], done.stderr
     error = done.stderr.strip()
     assert error.count("\n") == 0
-    assert error.startswith("error: a worker needs about ") and "smaller --eval-batch-size (now 2000000" in error
+    assert error.startswith("error: a worker needs about ") and "smaller --eval-batch-size (now 3000000" in error
     assert "rnnimp: trained" not in done.stdout  # refused before training
     assert not out.exists() or not any(out.iterdir())
