@@ -205,7 +205,7 @@ def execute(args: argparse.Namespace, request, job_configuration: dict[str, Any]
     from .api import run
     from .modelio import model_to_bytes
 
-    logs.setup_driver()
+    logs.setup()
     timings: dict[str, float] = {}
     job_started = started = time.perf_counter()
     where = distributed.connect(args.num_cpus, args.connect_timeout)

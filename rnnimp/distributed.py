@@ -174,6 +174,7 @@ class _EvaluationWorker:
     def __init__(self) -> None:
         from .modelio import configure_tensorflow
 
+        logs.setup()  # rnnimp's warnings as "rnnimp: warning: ..." lines, which Ray streams to the driver
         configure_tensorflow(threads=1)  # imports TF now, overlapping the driver's work
 
     def ready(self) -> int:

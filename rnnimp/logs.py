@@ -73,10 +73,13 @@ class _Format(logging.Formatter):
         return f"rnnimp: {record.levelname.lower()}: {record.getMessage()}"
 
 
-def setup_driver() -> None:
+def setup() -> None:
     """Print the ``rnnimp`` logger's warnings as one ``rnnimp: warning: ...`` line each; quiet Python-side TF/absl.
 
-    With --verbose, also its info lines, and TF's and absl's Python loggers keep their defaults.
+    Called by the driver of a job and by every worker (whose lines Ray
+    streams to the driver behind a ``(_EvaluationWorker pid=N)`` prefix).
+    With --verbose, also the info lines, and TF's and absl's Python loggers
+    keep their defaults.
     """
     logger = logging.getLogger("rnnimp")
     if not any(getattr(handler, "_rnnimp", False) for handler in logger.handlers):

@@ -16,6 +16,7 @@ SMALL_RUN = ("--epochs", "1", "--steps-per-epoch", "5", "--samples", "50", "--re
 RNNIMP_LINES = [re.compile(pattern) for pattern in (
     r"^$",
     r"^rnnimp: ",
+    r"^(\x1b\[\d+m)?\(_EvaluationWorker pid=\d+\)(\x1b\[0m)? rnnimp: ",  # a worker's warning, streamed by Ray
     r"^error: ",
     r"^rank +feature +mean +std ",
     r"^-+$",
