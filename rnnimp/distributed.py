@@ -48,6 +48,35 @@ def _drop_token_notice(record: logging.LogRecord) -> bool:
     return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
 
 
+_RAY_WORKER_DIED = "A worker died or was killed while executing a task"
+
+
+def _drop_worker_death_notices() -> None:
+    """Stop Ray from printing its own notice of each dead worker, which rnnimp reports as one line instead.
+
+    Ray's driver prints the raylet's error messages (and the workers' output)
+    through ``ray._private.worker.print_to_stdstream``; this wraps it to drop
+    only the lines that start with Ray's "A worker died or was killed"
+    notice. Every other line passes. If Ray's internals differ, nothing changes.
+    """
+    from ray._private import worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "rnnimp_filter", False):
+        return
+
+    def print_to_stdstream(data, *args, **kwargs):
+        if data.get("pid") == "raylet" and isinstance(data.get("lines"), list):
+            lines = [line for line in data["lines"] if not str(line).startswith(_RAY_WORKER_DIED)]
+            if not lines:
+                return None
+            data = {**data, "lines": lines}
+        return original(data, *args, **kwargs)
+
+    print_to_stdstream.rnnimp_filter = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_to_stdstream
+
+
 def worker_env() -> dict[str, str]:
     """Environment of the worker processes: one thread each, and this driver's --verbose choice."""
     env = {**WORKER_ENV, logs.VERBOSE_ENV: "1" if logs.verbose() else ""}
@@ -73,6 +102,8 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
     if ray.is_initialized():
         return "existing Ray connection"
     logging_level = logging.INFO if logs.verbose() else logging.WARNING
+    if not logs.verbose():
+        _drop_worker_death_notices()
     address = os.environ.get("RAY_ADDRESS")
     if address:
         if num_cpus is not None:
