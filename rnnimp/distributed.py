@@ -243,7 +243,8 @@ class LostObject(Exception):
 def exit_detail(error: BaseException) -> str:
     """Ray's exit detail of a dead actor as one line, e.g. "Task was killed due to the node running low on memory..."."""
     text = str(error)
-    match = re.search(r"Worker exit detail:\s*(.*?)(?:\s*There are some potential root causes|$)", text, re.S)
+    match = re.search(r"Worker exit detail:\s*(.*?)(?:\s*(?:There are some potential root causes|Some common causes "
+                      r"include|The actor never ran)|$)", text, re.S)
     if match and match.group(1).strip():
         detail = match.group(1)
     else:

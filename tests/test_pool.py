@@ -249,4 +249,45 @@ def test_exit_detail_is_rays_reason_on_one_line():
                "by OOM killer due to high memory usage.")
     assert exit_detail(RuntimeError(message)) == ("Worker unexpectedly exits with a connection error code 2. "
                                                   "End of file.")
+    ray_2_60 = ("The actor died unexpectedly before finishing this task.\n\tpid: 4669\nThe actor is dead because its "
+                "worker process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: Worker unexpectedly "
+                "exits with a connection error code 2. End of file. Some common causes include: (1) the process was "
+                "killed by the OOM killer due to high memory usage, (2) ray stop --force was called. The actor never "
+                "ran - it was cancelled before it started running.")
+    assert exit_detail(RuntimeError(ray_2_60)) == ("Worker unexpectedly exits with a connection error code 2. "
+                                                   "End of file.")
+    oom = ("The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit "
+           "detail: Task was killed due to the node running low on memory.\nMemory on the node was 7.5GB / 8GB.")
+    assert exit_detail(RuntimeError(oom)) == ("Task was killed due to the node running low on memory. "
+                                              "Memory on the node was 7.5GB / 8GB.")
     assert exit_detail(RuntimeError("line one\nsomething else")) == "something else"
+
+
+def test_ray_backend_sorts_rays_errors(monkeypatch):
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError
+
+    from rnnimp import distributed
+
+    def raising(error):
+        def get(ref):
+            raise error
+        return get
+
+    backend = distributed.RayBackend(env_vars={})
+    monkeypatch.setattr(distributed.ray, "get", raising(ActorDiedError()))
+    with pytest.raises(LostActor):
+        backend.get("ref")
+    monkeypatch.setattr(distributed.ray, "get", raising(ActorUnavailableError("gone", None)))
+    with pytest.raises(LostActor):
+        backend.get("ref")
+    monkeypatch.setattr(distributed.ray, "get", raising(ObjectLostError("ab" * 14, b"", "")))
+    with pytest.raises(LostObject):
+        backend.get("ref")
+    broken = ActorDiedError()
+    broken._actor_init_failed = True  # its __init__ raised: every replacement would fail the same way
+    monkeypatch.setattr(distributed.ray, "get", raising(broken))
+    with pytest.raises(WorkersLostError, match="a worker could not start"):
+        backend.get("ref")
+    monkeypatch.setattr(distributed.ray, "get", raising(ValueError("a bug in a task")))
+    with pytest.raises(ValueError):
+        backend.get("ref")
