@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import pytest
-
-pytestmark = pytest.mark.slow
 
 
 def outward_address() -> str:
@@ -19,6 +18,7 @@ def outward_address() -> str:
             return "127.0.0.1"
 
 
+@pytest.mark.slow
 def test_embedded_ray_refuses_clients_without_the_token(monkeypatch):
     import grpc
     import ray
@@ -52,3 +52,41 @@ def test_embedded_ray_refuses_clients_without_the_token(monkeypatch):
             assert reply.cluster_id
     finally:
         distributed.shutdown()
+
+
+@pytest.fixture
+def fake_ray_init(monkeypatch):
+    """connect() with ray.init replaced: records its arguments and the auth mode it would see."""
+    from rnnimp import distributed
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(distributed.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.ray, "init", lambda **kwargs: calls.append(
+        {**kwargs, "auth_mode": __import__("os").environ.get("RAY_AUTH_MODE")}))
+    monkeypatch.setattr(distributed.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    return distributed, calls
+
+
+def test_connect_leaves_rays_default_token_mode_and_drops_only_its_notice(fake_ray_init, monkeypatch, caplog):
+    distributed, calls = fake_ray_init
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RNNIMP_VERBOSE", "")
+    distributed.connect(num_cpus=2)
+    assert calls[0]["auth_mode"] is None  # unset: Ray 2.60 then turns token authentication on
+    assert calls[0]["_node_ip_address"] == "127.0.0.1" and calls[0]["include_dashboard"] is False
+    assert calls[0]["logging_level"] == logging.WARNING
+    notice = logging.getLogger(distributed._AUTH_SETUP_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=distributed._AUTH_SETUP_LOGGER):
+        notice.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled ...")
+        notice.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+    assert [r.getMessage()[:40] for r in caplog.records] == ["Token authentication is disabled for thi"]
+
+
+def test_connect_warns_when_the_user_turns_token_authentication_off(fake_ray_init, monkeypatch, caplog):
+    distributed, calls = fake_ray_init
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with caplog.at_level(logging.WARNING, logger="rnnimp"):
+        distributed.connect(num_cpus=2)
+    assert calls[0]["auth_mode"] == "disabled"  # the user's choice wins
+    assert any("Ray token authentication is off (RAY_AUTH_MODE=disabled)" in r.getMessage() for r in caplog.records)
