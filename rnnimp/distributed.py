@@ -162,14 +162,18 @@ def shutdown() -> None:
 
 
 def cluster_capacity() -> sizes.Capacity:
-    """The smallest live node's object store, its memory per CPU, and the free disk of Ray's temp folder here."""
+    """The smallest live node's object store and memory per CPU, and the free disk of Ray's temp folder here.
+
+    A figure a node does not report is not a limit (``sizes.UNLIMITED``).
+    """
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    store = min(int(resources.get("object_store_memory", 0)) for resources in nodes)
-    per_worker = min(int(resources.get("memory", 0) / resources["CPU"]) for resources in nodes
-                     if resources.get("CPU", 0) >= 1)
+    store = min((int(resources["object_store_memory"]) for resources in nodes
+                 if resources.get("object_store_memory")), default=sizes.UNLIMITED)
+    per_worker = min((int(resources["memory"] / resources["CPU"]) for resources in nodes
+                      if resources.get("CPU", 0) >= 1 and resources.get("memory")), default=sizes.UNLIMITED)
     spill_folder = os.environ.get("RAY_TMPDIR", "/tmp")
-    return sizes.Capacity(store, shutil.disk_usage(spill_folder).free if os.path.isdir(spill_folder) else 0,
-                          per_worker)
+    spill = shutil.disk_usage(spill_folder).free if os.path.isdir(spill_folder) else 0
+    return sizes.Capacity(store, spill, per_worker)
 
 
 _CHECKED: set = set()

@@ -30,6 +30,7 @@ from .errors import TooLargeError
 FLOAT32 = 4
 FLOAT64 = 8
 WORKER_BASE_BYTES = 1 << 30  # a worker with TF, Keras and Ray imported and a model compiled: ~0.85 GiB measured
+UNLIMITED = 1 << 62  # a capacity nobody reported
 ACTIVATION_HEADROOM = 3  # XLA temporaries and Keras' intermediate copies, per activation value
 
 

@@ -78,3 +78,22 @@ def test_model_sizes_of_the_reference_lstm():
     assert n_weights == 908 and n_outputs == 10
     # outputs 10x10 + 10x5 + 10x1 + 10, gates 4x(10+5+1)x10
     assert activations == 100 + 50 + 10 + 10 + 4 * 16 * 10
+
+
+def test_cluster_capacity_is_the_smallest_nodes_per_cpu(monkeypatch, tmp_path):
+    from rnnimp import distributed
+
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 4.0, "memory": 16.0 * GIB, "object_store_memory": 6.0 * GIB}},
+        {"Alive": True, "Resources": {"CPU": 2.0, "memory": 6.0 * GIB, "object_store_memory": 2.0 * GIB}},
+        {"Alive": False, "Resources": {"CPU": 8.0, "memory": 1.0 * GIB, "object_store_memory": 0.5 * GIB}},
+        {"Alive": True, "Resources": {"memory": 0.5 * GIB, "object_store_memory": 8.0 * GIB}},  # head, no CPU
+    ]
+    monkeypatch.setattr(distributed.ray, "nodes", lambda: nodes)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    capacity = distributed.cluster_capacity()
+    assert capacity.object_store_bytes == 2 * GIB
+    assert capacity.worker_memory_bytes == 3 * GIB
+    assert capacity.spill_bytes > 0
+    monkeypatch.setattr(distributed.ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 1.0}}])
+    assert distributed.cluster_capacity().worker_memory_bytes == sizes.UNLIMITED
