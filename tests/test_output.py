@@ -40,7 +40,8 @@ def test_a_run_prints_only_rnnimp_lines(tmp_path):
     assert "rnnimp: running on embedded local Ray" in done.stdout and "wrote summary" in done.stdout
 
 
-def test_verbose_lets_tensorflow_and_ray_speak(tmp_path):
+def test_verbose_lets_tensorflow_and_ray_speak(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # (an earlier ray.init in this process sets it)
     done = run_job("jobs.seed_importance", *SMALL_RUN, "--verbose", "--out", str(tmp_path / "run"), timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     foreign = foreign_lines(done.stderr)
