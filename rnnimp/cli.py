@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
-from . import options, output
+from . import logs, options, output
 from .errors import InvalidParameterError, Names, RnnimpError
 
 EXIT_BAD_INPUT = 2
@@ -26,12 +26,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main``; an RnnimpError becomes one line on stderr and exit code 2."""
+    """Run ``main``; an RnnimpError becomes one line on stderr and its exit code (2: bad input)."""
     try:
         return main(argv)
     except RnnimpError as error:
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return getattr(error, "exit_code", EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -49,6 +49,22 @@ class _OldSpelling(argparse.Action):
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
+class _SwitchNow(argparse.Action):
+    """A switch whose catalogue entry acts at once, while the command line is parsed (``Spec.on_parse``).
+
+    ``--verbose`` must reach the environment before TensorFlow is imported
+    (the workers inherit it).
+    """
+
+    def __init__(self, option_strings, dest, on_parse: Callable[[], None], **kwargs) -> None:
+        self.on_parse = on_parse
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        self.on_parse()
+        setattr(namespace, self.dest, True)
+
+
 def add_old_spellings(parser: argparse.ArgumentParser, action: argparse.Action, *old_flags: str) -> None:
     """Accept ``old_flags`` for ``action`` (hidden from --help), each use printing a deprecation note."""
     for old in old_flags:
@@ -62,7 +78,9 @@ def add_run_options(parser: argparse.ArgumentParser, job: str, out_default: str)
     for option, spec in options.catalogue(job):
         default = out_default if option.name == "out" else option.default
         kwargs: dict[str, Any] = {"dest": option.name, "help": spec.help}
-        if isinstance(option.default, bool):
+        if spec.on_parse is not None:
+            kwargs.update(action=_SwitchNow, on_parse=spec.on_parse, default=option.default)
+        elif isinstance(option.default, bool):
             kwargs.update(action="store_true")
         elif spec.repeatable:
             kwargs.update(action="append", default=[], metavar=spec.metavar)
@@ -157,9 +175,15 @@ def execute(execution: options.Execution, request: options.Request, job_configur
     from .modelio import model_to_bytes
     from .runner import run
 
+    logs.setup()
     timings: dict[str, float] = {}
     job_started = started = time.perf_counter()
     where = distributed.connect(execution.num_cpus, execution.connect_timeout)
+    try:
+        distributed.check_sizes(request.sample, request.labels, request.settings, architecture_json)
+    except RnnimpError:
+        distributed.shutdown()
+        raise
     executor = distributed.RayExecutor().warm_up(
         architecture_json, request.settings.layout.batch_size, request.inputs.shapes)
     timings["start_ray"] = time.perf_counter() - started

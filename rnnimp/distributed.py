@@ -15,14 +15,18 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
+import shutil
 import socket
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
+import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
 
-from .errors import InvalidParameterError
+from . import logs, sizes
+from .errors import InvalidParameterError, WorkersLostError
 from .method import Unit
 from .method import Shard
 from .worker import Baseline, EvaluationJob, peak_rss_bytes, predict_shard, unit_sums, warm_up
@@ -32,24 +36,75 @@ log = logging.getLogger(__name__)
 Task = TypeVar("Task")
 
 WORKER_ENV = {
-    "TF_CPP_MIN_LOG_LEVEL": "2",
     "TF_NUM_INTRAOP_THREADS": "1",
     "TF_NUM_INTEROP_THREADS": "1",
     "OMP_NUM_THREADS": "1",
 }
+AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's switch of token authentication: "token" or "disabled"
+_AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _drop_token_notice(record: logging.LogRecord) -> bool:
+    """Logging filter: drop Ray's notice that token authentication is on (the default rnnimp keeps)."""
+    return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
+
+
+_RAY_WORKER_DIED = "A worker died or was killed while executing a task"
+
+
+def _drop_worker_death_notices() -> None:
+    """Stop Ray from printing its own notice of each dead worker, which rnnimp reports as one line instead.
+
+    Ray's driver prints the raylet's error messages (and the workers' output)
+    through ``ray._private.worker.print_to_stdstream``; this wraps it to drop
+    only the lines that start with Ray's "A worker died or was killed"
+    notice. Every other line passes. If Ray's internals differ, nothing changes.
+    """
+    from ray._private import worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "rnnimp_filter", False):
+        return
+
+    def print_to_stdstream(data, *args, **kwargs):
+        if data.get("pid") == "raylet" and isinstance(data.get("lines"), list):
+            lines = [line for line in data["lines"] if not str(line).startswith(_RAY_WORKER_DIED)]
+            if not lines:
+                return None
+            data = {**data, "lines": lines}
+        return original(data, *args, **kwargs)
+
+    print_to_stdstream.rnnimp_filter = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_to_stdstream
+
+
+def worker_env() -> dict[str, str]:
+    """Environment of the worker processes: one thread each, and this driver's --verbose choice."""
+    env = {**WORKER_ENV, logs.VERBOSE_ENV: "1" if logs.verbose() else ""}
+    if not logs.verbose():
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
 _LOST_ACTOR = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
 def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str:
     """Attach to ``RAY_ADDRESS`` if set, else start an embedded local Ray.
 
-    Returns a description of where the job runs. The embedded Ray is bound
-    to 127.0.0.1, has no dashboard and never attaches to another cluster
-    running on the machine. An unreachable ``RAY_ADDRESS`` raises
-    InvalidParameterError after about ``connect_timeout_s`` seconds.
+    Returns a description of where the job runs. The embedded Ray uses
+    127.0.0.1 as its node address, has no dashboard, never attaches to
+    another cluster running on the machine and keeps Ray's token
+    authentication on (its servers listen on all interfaces) unless
+    ``RAY_AUTH_MODE=disabled`` is set. An unreachable ``RAY_ADDRESS`` raises
+    InvalidParameterError after about ``connect_timeout_s`` seconds. Ray's
+    informational logs are silenced unless --verbose.
     """
     if ray.is_initialized():
         return "existing Ray connection"
+    logging_level = logging.INFO if logs.verbose() else logging.WARNING
+    if not logs.verbose():
+        _drop_worker_death_notices()
     address = os.environ.get("RAY_ADDRESS")
     if address:
         if num_cpus is not None:
@@ -57,15 +112,22 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
         _check_reachable(address, connect_timeout_s)
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(int(connect_timeout_s)))
         try:
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging_level)
         except (ConnectionError, RuntimeError, TimeoutError, ValueError) as error:
             raise InvalidParameterError(
                 "RAY_ADDRESS", f"must name a reachable Ray cluster ({type(error).__name__})", address
             ) from None
         return f"Ray cluster at {address}"
+    # Ray 2.60 turns token authentication on by default for a new local cluster (RAY_AUTH_MODE unset)
+    # and announces it in a warning, dropped unless --verbose; the user's explicit choice wins.
+    if os.environ.get(AUTH_MODE_ENV, "token").lower() != "token":
+        log.warning("Ray token authentication is off (%s=%s): anyone who can reach this machine's Ray ports "
+                    "can run code here", AUTH_MODE_ENV, os.environ[AUTH_MODE_ENV])
+    if not logs.verbose():
+        logging.getLogger(_AUTH_SETUP_LOGGER).addFilter(_drop_token_notice)
     ray.init(
         address="local", num_cpus=num_cpus, include_dashboard=False,
-        _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
+        _node_ip_address="127.0.0.1", logging_level=logging_level,
     )
     return f"embedded local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
 
@@ -100,6 +162,51 @@ def shutdown() -> None:
         ray.shutdown()
 
 
+def cluster_capacity() -> sizes.Capacity:
+    """The smallest live node's object store and memory per CPU, and the free disk of Ray's temp folder here.
+
+    A figure a node does not report is not a limit (``sizes.UNLIMITED``).
+    """
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    store = min((int(resources["object_store_memory"]) for resources in nodes
+                 if resources.get("object_store_memory")), default=sizes.UNLIMITED)
+    per_worker = min((int(resources["memory"] / resources["CPU"]) for resources in nodes
+                      if resources.get("CPU", 0) >= 1 and resources.get("memory")), default=sizes.UNLIMITED)
+    spill_folder = os.environ.get("RAY_TMPDIR", "/tmp")
+    spill = shutil.disk_usage(spill_folder).free if os.path.isdir(spill_folder) else 0
+    return sizes.Capacity(store, spill, per_worker)
+
+
+_CHECKED: set = set()
+
+
+def check_sizes(sample, labels, settings, architecture_json: str) -> None:
+    """Refuse (TooLargeError, one line) a run whose data or batches cannot fit; warn where it would spill.
+
+    ``sample``: (series, time, features), or one array per model input; ``labels``: (series, outputs) or
+    None; ``settings``: the run's :class:`~rnnimp.worker.Settings`. Checked
+    once per shape and architecture in this process.
+    """
+    layout = settings.layout
+    shapes = tuple(a.shape for a in sample) if isinstance(sample, (tuple, list)) else (sample.shape,)
+    key = (hash(architecture_json), shapes, None if labels is None else labels.shape,
+           layout.batch_size, layout.shard_size, settings.perturbation.kind)
+    if key in _CHECKED:
+        return
+    import keras
+
+    n_weights, activations, n_outputs = sizes.model_sizes(keras.models.model_from_json(architecture_json))
+    # several inputs: counted as one input of 1 step holding every value of a series
+    n_series, time_steps, n_features = shapes[0] if len(shapes) == 1 else (
+        shapes[0][0], 1, sum(int(np.prod(shape[1:])) for shape in shapes))
+    run_sizes = sizes.RunSizes(n_series, time_steps, n_features, n_outputs, layout.batch_size,
+                               layout.shard_size, n_weights, activations, labels is not None,
+                               settings.perturbation.kind == "permute")
+    for warning in sizes.check(run_sizes, cluster_capacity()):
+        log.warning(warning)
+    _CHECKED.add(key)
+
+
 @ray.remote(num_cpus=1)
 class _EvaluationWorker:
     """Holds one compiled model per architecture for the life of its process."""
@@ -107,6 +214,7 @@ class _EvaluationWorker:
     def __init__(self) -> None:
         from .modelio import configure_tensorflow
 
+        logs.setup()  # rnnimp's warnings as "rnnimp: warning: ..." lines, which Ray streams to the driver
         configure_tensorflow(threads=1)  # imports TF now, overlapping the driver's work
 
     def ready(self) -> int:
@@ -129,121 +237,242 @@ class _EvaluationWorker:
         return unit_sums(model, sample, baseline, labels, settings, unit)
 
 
-class ActorPool:
-    """A fixed-size pool of evaluation actors that replaces members it loses."""
+class LostActor(Exception):
+    """An actor died (its process killed, its node lost); ``detail`` is Ray's reported exit cause."""
 
-    def __init__(self, size: int, stall_timeout_s: float = 600.0) -> None:
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class LostObject(Exception):
+    """A task failed because one of its inputs was lost with its node."""
+
+
+def exit_detail(error: BaseException) -> str:
+    """Ray's exit detail of a dead actor as one line, e.g. "Task was killed due to the node running low on memory..."."""
+    text = str(error)
+    match = re.search(r"Worker exit detail:\s*(.*?)(?:\s*(?:There are some potential root causes|Some common causes "
+                      r"include|The actor never ran)|$)", text, re.S)
+    if match and match.group(1).strip():
+        detail = match.group(1)
+    else:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        detail = lines[-1] if lines else type(error).__name__
+    return " ".join(detail.split())
+
+
+def likely_cause(detail: str) -> str:
+    """A hint for the user from Ray's exit detail."""
+    lowered = detail.lower()
+    if "memory" in lowered:
+        return "the workers ran out of memory: use a smaller --eval-batch-size or --shard-size, or fewer --num-cpus"
+    if "connection error" in lowered or "sigkill" in lowered or "end of file" in lowered:
+        return ("the worker processes were killed (by the kernel's out-of-memory killer, `ray stop --force` "
+                "or another process)")
+    return "see the Ray logs"
+
+
+class RayBackend:
+    """What :class:`ActorPool` needs from Ray; tests substitute fakes with the same five methods.
+
+    ``get`` raises :class:`LostActor` when the actor behind a reference died
+    and :class:`LostObject` when an input of its task was lost.
+    """
+
+    def __init__(self, env_vars: dict[str, str] | None = None) -> None:
+        self.env_vars = worker_env() if env_vars is None else env_vars
+
+    def start_actor(self):
+        return _EvaluationWorker.options(runtime_env={"env_vars": self.env_vars}).remote()
+
+    def ready(self, actor):
+        return actor.ready.remote()
+
+    def wait(self, refs: list, timeout: float) -> list:
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        return ready
+
+    def get(self, ref):
+        try:
+            return ray.get(ref)
+        except ActorDiedError as error:
+            if error.actor_init_failed:  # its __init__ raised: a broken set-up, not a lost worker
+                raise WorkersLostError(f"a worker could not start: {exit_detail(error)}") from None
+            raise LostActor(exit_detail(error)) from error
+        except _LOST_ACTOR as error:
+            raise LostActor(exit_detail(error)) from error
+        except ObjectLostError as error:
+            raise LostObject(str(error)) from error
+
+    def kill(self, actor) -> None:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # already gone
+            pass
+
+
+class ActorPool:
+    """A fixed-size pool of evaluation actors that replaces members it loses, in every phase.
+
+    An actor first *starts* (its process imports TensorFlow, then runs the
+    set-up calls such as the warm-up compilation) and joins the live members
+    once all its start-up references have completed. A member lost while
+    starting, while idle or while running tasks is replaced by a new actor;
+    the tasks it held go back to the queue. Only after more than
+    ``max_losses`` losses does the pool give up, with a
+    :class:`~rnnimp.errors.WorkersLostError` naming Ray's reported cause.
+    """
+
+    def __init__(self, size: int, stall_timeout_s: float = 600.0, backend=None,
+                 max_losses: int | None = None) -> None:
         self.size = size
         self.stall_timeout_s = stall_timeout_s
+        self.backend = backend if backend is not None else RayBackend()
+        self.max_losses = 3 * size + 10 if max_losses is None else max_losses
         self.live: list = []
-        self.joining: dict = {}  # ready ref -> actor not yet placed or started
+        self.starting: dict = {}  # start-up ref (ready or a set-up call) -> actor not yet live
         self.setup_calls: list[Callable] = []  # replayed on every new actor (warm-up)
         self.replaced = 0
+        self.last_loss: str | None = None
         for _ in range(size):
             self._add_actor()
 
+    @property
+    def joining(self) -> list:
+        """Actors started but not yet live (importing TF, compiling, or waiting for resources)."""
+        return list(dict.fromkeys(self.starting.values()))
+
     def _add_actor(self) -> None:
-        if self.replaced > 3 * self.size + 10:
-            raise RuntimeError(f"lost {self.replaced} workers in this run; giving up (see the Ray logs)")
-        actor = _EvaluationWorker.options(runtime_env={"env_vars": WORKER_ENV}).remote()
+        actor = self.backend.start_actor()
+        self.starting[self.backend.ready(actor)] = actor
         for call in self.setup_calls:
-            call(actor)
-        self.joining[actor.ready.remote()] = actor
+            self.starting[call(actor)] = actor
 
-    def setup(self, call: Callable) -> list:
-        """Run ``call(actor)`` on every member now and on every future replacement."""
+    def _replace(self, actor, lost: LostActor) -> None:
+        """Count a lost actor, give up past the limit, else start its replacement."""
+        self.backend.kill(actor)
+        self.replaced += 1
+        self.last_loss = lost.detail
+        if self.replaced > self.max_losses:
+            raise WorkersLostError(
+                f"lost {self.replaced} workers in this run, giving up; Ray's exit detail of the last: "
+                f"{lost.detail} (likely cause: {likely_cause(lost.detail)})")
+        log.warning("a worker was lost (%s); its work is resubmitted and a replacement started", lost.detail)
+        self._add_actor()
+
+    def setup(self, call: Callable) -> None:
+        """Run ``call(actor)`` (returning a reference) on every member now and on every replacement.
+
+        Members rejoin the live pool once the call has completed; call between runs only.
+        """
         self.setup_calls.append(call)
-        return [call(actor) for actor in self.live + list(self.joining.values())]
+        members = self.live + self.joining
+        self.live = []
+        for actor in members:
+            self.starting[call(actor)] = actor
 
-    def wait_until_ready(self) -> None:
-        ray.get(list(self.joining))
-        self.live.extend(self.joining.values())
-        self.joining.clear()
+    def _settle(self, ref):
+        """Handle a completed start-up reference; return the actor if it just became live, else None."""
+        actor = self.starting.pop(ref)
+        try:
+            self.backend.get(ref)
+        except LostActor as lost:
+            for other in [r for r, a in self.starting.items() if a is actor]:
+                del self.starting[other]
+            self._replace(actor, lost)
+            return None
+        if actor in self.starting.values():
+            return None
+        self.live.append(actor)
+        return actor
 
-    def lose(self, actor) -> None:
+    def wait_until_ready(self, minimum: int | None = None) -> None:
+        """Wait until ``minimum`` members (default: all) are live, replacing those lost meanwhile.
+
+        If no start-up completes for ``stall_timeout_s``, continues with the
+        live members, or raises WorkersLostError when there are none.
+        """
+        minimum = self.size if minimum is None else minimum
+        last_progress = time.monotonic()
+        while self.starting and len(self.live) < minimum:
+            ready = self.backend.wait(list(self.starting), timeout=10.0)
+            if ready:
+                last_progress = time.monotonic()
+                self._settle(ready[0])
+            elif time.monotonic() - last_progress > self.stall_timeout_s:
+                if self.live:
+                    return
+                raise WorkersLostError(f"no worker started within {self.stall_timeout_s:.0f} s "
+                                       f"({len(self.joining)} waiting for resources)")
+
+    def lose(self, actor, lost: LostActor) -> None:
         """Drop a dead (or unresponsive) member and start its replacement."""
         if actor in self.live:
             self.live.remove(actor)
-            ray.kill(actor, no_restart=True)
-            self.replaced += 1
-            log.warning("a worker was lost; its units are resubmitted and a replacement started")
-            self._add_actor()
+            self._replace(actor, lost)
 
-    def run(self, tasks: Iterable[Task], submit: Callable[[object, Task], "ray.ObjectRef"],
+    def run(self, tasks: Iterable[Task], submit: Callable[[object, Task], object],
             per_actor: int = 2, recover: Callable[[Task], None] | None = None) -> Iterator[tuple[Task, object]]:
         """Yield ``(task, result)`` in completion order, at most ``per_actor`` in flight per actor.
 
         A task whose actor dies is resubmitted to another actor. A task that
         fails because one of its inputs was lost (its node died) is passed to
         ``recover``, which must recreate that input, and is then resubmitted.
+        Actors that finish starting meanwhile join and get tasks.
         """
         pending = collections.deque(tasks)  # resubmitted tasks go back to the front
         in_flight: dict = {}  # ref -> (actor, task)
         load: collections.Counter = collections.Counter()
 
-        def next_task():
-            return pending.popleft() if pending else None
+        def fill_all() -> None:
+            for actor in list(self.live):
+                while load[actor] < per_actor and pending:
+                    task = pending.popleft()
+                    in_flight[submit(actor, task)] = (actor, task)
+                    load[actor] += 1
 
-        def fill(actor) -> None:
-            while load[actor] < per_actor:
-                task = next_task()
-                if task is None:
-                    return
-                in_flight[submit(actor, task)] = (actor, task)
-                load[actor] += 1
-
-        for actor in self.live:
-            fill(actor)
+        fill_all()
         last_progress = time.monotonic()
         while in_flight or pending:
-            waiting = list(in_flight) + list(self.joining)
-            ready, _ = ray.wait(waiting, num_returns=1, timeout=10.0)
+            ready = self.backend.wait(list(in_flight) + list(self.starting), timeout=10.0)
             if not ready:
                 if time.monotonic() - last_progress > self.stall_timeout_s:
-                    raise RuntimeError(f"no worker made progress for {self.stall_timeout_s:.0f} s "
-                                       f"({len(self.live)} live, {len(self.joining)} waiting for resources)")
+                    raise WorkersLostError(f"no worker made progress for {self.stall_timeout_s:.0f} s "
+                                           f"({len(self.live)} live, {len(self.joining)} waiting for resources)")
                 continue
             last_progress = time.monotonic()
             ref = ready[0]
-            if ref in self.joining:
-                actor = self.joining.pop(ref)
-                try:
-                    ray.get(ref)
-                except _LOST_ACTOR:
-                    self.replaced += 1
-                    self._add_actor()
-                    continue
-                self.live.append(actor)
-                fill(actor)
+            if ref in self.starting:
+                self._settle(ref)
+                fill_all()
                 continue
             actor, task = in_flight.pop(ref)
             load[actor] -= 1
             try:
-                result = ray.get(ref)
-            except _LOST_ACTOR:
+                result = self.backend.get(ref)
+            except LostActor as lost:
                 pending.appendleft(task)
-                lost = [r for r, (a, _) in in_flight.items() if a is actor]
-                for other in lost:  # its other units fail too; requeue them now
-                    pending.appendleft(in_flight.pop(other)[1])
-                load[actor] = 0
-                self.lose(actor)
-                for survivor in self.live:
-                    fill(survivor)
+                for other in [r for r, (a, _) in in_flight.items() if a is actor]:
+                    pending.appendleft(in_flight.pop(other)[1])  # its other tasks fail too; requeue them now
+                del load[actor]
+                self.lose(actor, lost)
+                fill_all()
                 continue
-            except ObjectLostError:
+            except LostObject:
                 if recover is None:
                     raise
                 recover(task)
                 pending.appendleft(task)
-                fill(actor)
+                fill_all()
                 continue
+            fill_all()
             yield task, result
-            fill(actor)
 
     def shutdown(self) -> None:
-        for actor in self.live + list(self.joining.values()):
-            ray.kill(actor)
-        self.live, self.joining = [], {}
+        for actor in self.live + self.joining:
+            self.backend.kill(actor)
+        self.live, self.starting = [], {}
 
 
 class RayExecutor:
@@ -251,17 +480,20 @@ class RayExecutor:
 
     ``num_workers`` defaults to the cluster's CPU count. Call :meth:`warm_up`
     early (before training) to overlap the workers' TensorFlow start-up and
-    compilation with the driver's own work.
+    compilation with the driver's own work. A worker lost in any phase
+    (starting, compiling, baseline, units) is replaced and its work redone;
+    see :class:`ActorPool`.
     """
 
     name = "ray"
 
-    def __init__(self, num_workers: int | None = None, per_worker_in_flight: int = 2) -> None:
+    def __init__(self, num_workers: int | None = None, per_worker_in_flight: int = 2,
+                 stall_timeout_s: float = 600.0) -> None:
         self.num_workers = num_workers
         self.per_worker_in_flight = per_worker_in_flight
+        self.stall_timeout_s = stall_timeout_s
         self.pool: ActorPool | None = None
         self.timings: dict[str, float] = {}
-        self._warm_up_refs: list = []
         self._job: EvaluationJob | None = None
         self._job_refs: tuple = ()
         self._baseline: Baseline | None = None
@@ -271,7 +503,7 @@ class RayExecutor:
 
     @property
     def actors(self) -> list:
-        return [] if self.pool is None else self.pool.live + list(self.pool.joining.values())
+        return [] if self.pool is None else self.pool.live + self.pool.joining
 
     def start(self) -> "RayExecutor":
         if self.pool is None:
@@ -279,31 +511,37 @@ class RayExecutor:
                 connect()
                 self._connected_here = True
             count = self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            self.pool = ActorPool(count)
+            self.pool = ActorPool(count, self.stall_timeout_s, RayBackend())
         return self
 
     def warm_up(self, architecture_json: str, batch_size: int, input_shapes: tuple[tuple[int, ...], ...],
                 jit_compile: bool = True) -> "RayExecutor":
-        """Have every worker build and compile this architecture now, in the background.
+        """Have every worker (and every replacement) build and compile this architecture now, in the background.
 
         ``input_shapes``: per model input, one series' shape ((time, features) or (features,)).
         """
         self.start()
-        self._warm_up_refs = self.pool.setup(
+        self.pool.setup(
             lambda actor: actor.warm_up.remote(architecture_json, batch_size, input_shapes, jit_compile))
         return self
 
     def worker_stats(self) -> list[dict]:
-        """Pid, node and peak RSS of every live worker."""
-        return ray.get([actor.stats.remote() for actor in self.pool.live])
+        """Pid, node and peak RSS of every live worker (those lost meanwhile left out)."""
+        stats = []
+        for ref in [actor.stats.remote() for actor in self.pool.live]:
+            try:
+                stats.append(self.pool.backend.get(ref))
+            except LostActor:
+                continue
+        return stats
 
     def _refs(self, job: EvaluationJob) -> tuple:
         """Object refs of the job's model, sample and labels, put once per job."""
         if self._job is not job:
             started = time.perf_counter()
+            check_sizes(job.sample, job.labels, job.settings, job.model.architecture_json)
             self.start()
-            self.pool.wait_until_ready()
-            ray.get(self._warm_up_refs)
+            self.pool.wait_until_ready(None if self._job is None else 1)  # the first job waits for all
             self.timings["wait_workers"] = time.perf_counter() - started
             started = time.perf_counter()
             labels_ref = None if job.labels is None else ray.put(job.labels)
@@ -317,6 +555,18 @@ class RayExecutor:
         model_ref, sample_ref, _ = self._refs(job)
         return actor.predict_shard.remote(model_ref, sample_ref, job.settings, shard)
 
+    def _predict_shards(self, job: EvaluationJob, shards: list[Shard]) -> tuple[dict, set]:
+        """({shard index: predictions ref}, {number of outputs}) for ``shards``, computed on the pool."""
+        predictions: dict[int, ray.ObjectRef] = {}
+
+        def submit(actor, shard: Shard):
+            # A resubmitted shard overwrites its entry: the last submission is the one that succeeds.
+            n_outputs_ref, predictions[shard.index] = self._predict(actor, job, shard)
+            return n_outputs_ref
+
+        n_outputs = {count for _, count in self.pool.run(shards, submit, self.per_worker_in_flight)}
+        return predictions, n_outputs
+
     def baseline(self, job: EvaluationJob) -> Baseline:
         """Predictions of every shard, computed by the workers and left in the object store.
 
@@ -325,36 +575,19 @@ class RayExecutor:
         """
         self._refs(job)
         started = time.perf_counter()
-        predictions: dict[int, ray.ObjectRef] = {}
-
-        def submit(actor, shard: Shard):
-            n_outputs_ref, predictions[shard.index] = self._predict(actor, job, shard)
-            return n_outputs_ref
-
-        n_outputs = {count for _, count in self.pool.run(job.settings.layout.shards, submit,
-                                                        self.per_worker_in_flight)}
+        predictions, n_outputs = self._predict_shards(job, job.settings.layout.shards)
         self.timings["baseline"] = time.perf_counter() - started
         return Baseline(tuple(predictions[shard.index] for shard in job.settings.layout.shards), n_outputs.pop())
 
     def _recompute_baseline(self, job: EvaluationJob, shard: Shard) -> None:
-        """Compute a lost baseline shard again and wait for it, on any live worker."""
+        """Compute a lost baseline shard again on the pool (replacing workers lost meanwhile)."""
         self._recomputed += 1
         if self._recomputed > 3 * len(self._baseline_shards) + 10:
-            raise RuntimeError(f"lost {self._recomputed} baseline shards in this run; giving up (see the Ray logs)")
-        for _ in range(3 * self.pool.size + 10):
-            if not self.pool.live:
-                self.pool.wait_until_ready()
-            actor = self.pool.live[0]
-            n_outputs_ref, predictions_ref = self._predict(actor, job, shard)
-            try:
-                ray.get(n_outputs_ref)
-            except _LOST_ACTOR:
-                self.pool.lose(actor)
-                continue
-            self._baseline_shards[shard.index] = predictions_ref
-            log.warning("baseline of shard %d was lost with its node; computed it again", shard.index)
-            return
-        raise RuntimeError(f"could not recompute the baseline of shard {shard.index}")
+            raise WorkersLostError(f"lost {self._recomputed} baseline shards with their nodes in this run; "
+                                   "giving up (see the Ray logs)")
+        predictions, _ = self._predict_shards(job, [shard])
+        self._baseline_shards[shard.index] = predictions[shard.index]
+        log.warning("the baseline of shard %d was lost with its node; computed it again", shard.index)
 
     def evaluate(self, job: EvaluationJob, baseline: Baseline, units: list[Unit]) -> Iterator[tuple[Unit, object]]:
         """Yield ``(unit, per-batch sums)`` as units finish, in completion order."""

@@ -41,3 +41,20 @@ class Names:
 
 
 API_NAMES = Names()
+
+
+class WorkersLostError(RnnimpError):
+    """Workers kept dying (or could not start): the run gives up.
+
+    The message is one line naming the count and the likely cause that Ray
+    reported for the last loss (e.g. killed for running out of memory).
+    """
+
+    exit_code = 1
+
+
+class TooLargeError(RnnimpError, ValueError):
+    """A sample, baseline or shard cannot fit where it must live (object store, worker memory).
+
+    Raised before any work starts; the message gives the sizes and what to change.
+    """

@@ -21,16 +21,25 @@ from .errors import InvalidParameterError
 
 
 def configure_tensorflow(threads: int | None) -> None:
-    """Quiet TF's C++ logging and, if given, pin its thread pools.
+    """Quiet TF's logging (unless --verbose) and, if given, pin its thread pools.
 
     Must run before TensorFlow executes its first op in this process; the
-    environment variables are also read by TF at start-up.
+    environment variables are also read by TF at start-up. The import itself
+    runs under :func:`rnnimp.logs.filtered_stderr`: TF prints its start-up
+    notices before ``TF_CPP_MIN_LOG_LEVEL`` applies. ``TF_ENABLE_ONEDNN_OPTS``
+    is left alone (it changes the numerics).
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from . import logs
+
+    quiet = not logs.verbose()
+    if quiet:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if threads is not None:
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
         os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
-    import tensorflow as tf
+    with logs.filtered_stderr(quiet):
+        import tensorflow as tf
+    logs.quiet_python_loggers()
 
     if threads is not None:
         try:

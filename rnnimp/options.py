@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import stats, validation
+from . import logs, stats, validation
 from .errors import API_NAMES, InvalidParameterError, Names
 from .inputs import (PADDINGS, InputLayout, feature_names as input_feature_names, input_arrays, layout_of,
                      model_input_names, resolve_mask_values)
@@ -54,6 +54,9 @@ class Spec:
     only_with : (option, value): it only matters when that option has that
         value, and is recorded as None otherwise.
     old_flags : former spellings of the flag, still accepted with a note.
+    on_parse : for a switch: called as soon as the command line names it,
+        before anything else runs (``--verbose`` must act before TensorFlow
+        is imported).
     """
 
     flag: str | None = None
@@ -68,6 +71,7 @@ class Spec:
     recorded: bool = True
     only_with: tuple[str, Any] | None = None
     old_flags: tuple[str, ...] = ()
+    on_parse: Callable[[], None] | None = None
 
 
 def _option(default: Any, **spec: Any) -> Any:
@@ -276,6 +280,9 @@ class Execution:
     overwrite: bool = _option(
         False, flag="--overwrite", help="discard results or an unfinished run of another configuration in --out")
     quiet: bool = _option(False, flag="--quiet", help="no progress bar")
+    verbose: bool = _option(
+        False, flag="--verbose", on_parse=lambda: logs.set_verbose(True),
+        help="also show TensorFlow's, absl's and Ray's own log lines")
 
     def check(self, names: Names = API_NAMES) -> "Execution":
         if self.num_cpus is not None:
