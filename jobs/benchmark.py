@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     distributed.connect(args.num_cpus)
     executor = distributed.RayExecutor().warm_up(
         architecture(reference.build_model(args.seed)), layout.batch_size,
-        reference.TIME_STEPS, reference.N_FEATURES)
+        ((reference.TIME_STEPS, reference.N_FEATURES),))
     figures["start_ray_s"] = time.perf_counter() - job_started
 
     started = time.perf_counter()

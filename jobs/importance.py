@@ -1,11 +1,19 @@
 """Importance of the inputs of your own Keras model on your own series, as a Ray job.
 
   python -m jobs.importance --model M.keras --data X.npy|X.parquet --out DIR [options]
+  python -m jobs.importance --model M.keras --data seq=S.parquet --data static=C.parquet ...
 
 --data is a .npy array (series, time, features) or a long-form Parquet
-table (a series id column, a time column, one column per feature). The model
-is loaded in Keras safe mode; any output shape works (the effect covers all
-output values). Attaches to RAY_ADDRESS or starts an embedded local Ray.
+table (a series id column, a time column, one column per feature). A model
+with several inputs takes --data NAME=PATH once per input, NAME being the
+input's name in the model; a static input is a .npy (series, features) or a
+Parquet table with one row per series (series id column + feature columns).
+Parquet series are matched by id across inputs. With a mask value (--mask-value,
+or a Keras Masking layer on the input), long-form series may have different
+lengths and are padded with it (--padding post|pre); padded steps are never
+perturbed. The model is loaded in Keras safe mode; any output shape works
+(the effect covers all output values, masked output steps left out).
+Attaches to RAY_ADDRESS or starts an embedded local Ray.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import sys
 from typing import Sequence
 
 from rnnimp import cli
+from rnnimp.errors import InvalidParameterError
 
 JOB = "importance"
 INPUTS = {"X": "--data", "y": "--labels"}  # the API's data parameters, as this job's options
@@ -23,8 +32,11 @@ def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog="python -m jobs.importance", description=__doc__,
                                 formatter_class=cli.argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--model", required=True, help="the .keras model, taking (batch, time, features)")
-    add("--data", required=True, help="evaluation series: .npy (series, time, features) or long-form .parquet")
+    add("--model", required=True, help="the .keras model, taking (batch, time, features) or several inputs")
+    add("--data", required=True, action="append", metavar="[NAME=]PATH",
+        help="evaluation data: PATH for a single-input model (.npy (series, time, features) or long-form "
+             ".parquet); NAME=PATH once per input of a model with several (static inputs: .npy (series, "
+             "features) or .parquet with one row per series)")
     add("--labels", default=None, help="labels for --metric loss-increase: .npy (series, ...) or long-form .parquet")
     add("--series-column", default="series", help="series id column of Parquet input (default: %(default)s)")
     add("--time-column", default="time", help="time column of Parquet input (default: %(default)s)")
@@ -36,24 +48,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     execution = cli.execution_from_args(args, JOB)
     from rnnimp import data
+    from rnnimp.inputs import masking_values, model_input_names, model_input_shapes
+    from rnnimp.options import parse_mask_values
 
-    sample, names = data.load_series(args.data, series_column=args.series_column, time_column=args.time_column)
-    names = data.feature_names_from_option(args.feature_names, sample.shape[2]) or names
-    labels = None
-    if args.labels is not None:
-        labels = data.load_labels(args.labels, sample.shape[0], series_column=args.series_column,
-                                  time_column=args.time_column)
-
+    mask_value = parse_mask_values(args.mask_value)
     from rnnimp.modelio import architecture, configure_tensorflow, load_model
 
     configure_tensorflow(None)
     model = load_model(args.model, "--model")
+    input_names = model_input_names(model)
+    paths = data.parse_data_options(args.data, input_names)
+    several = len(input_names) > 1
+    if isinstance(mask_value, dict):
+        unknown = [name for name in mask_value if name not in input_names]
+        if unknown:
+            raise InvalidParameterError("--mask-value", f"must name inputs of the model ({', '.join(input_names)})",
+                                        unknown[0])
+    defaults = masking_values(model)
+    loaded = {}
+    for name, shape in zip(input_names, model_input_shapes(model)):
+        kind = data.SEQUENCE if len(shape) == 2 else data.STATIC
+        mask = mask_value.get(name) if isinstance(mask_value, dict) else mask_value
+        if mask is None and mask_value is None:
+            mask = defaults.get(name)
+        loaded[name] = data.load_input(
+            paths[name], kind, parameter=f"--data {name}" if several else "--data",
+            series_column=args.series_column, time_column=args.time_column,
+            mask_value=mask if kind == data.SEQUENCE else None, padding=args.padding)
+    data.match_series(loaded)
+    n_features = sum(item.array.shape[-1] for item in loaded.values())
+    names = data.feature_names_from_option(args.feature_names, n_features)
+    if names is None:
+        if several:
+            names = {name: item.feature_names for name, item in loaded.items() if item.feature_names} or None
+        else:
+            names = loaded[input_names[0]].feature_names
+    X = {name: item.array for name, item in loaded.items()} if several else loaded[input_names[0]].array
+    labels = None
+    if args.labels is not None:
+        labels = data.load_labels(args.labels, len(next(iter(loaded.values())).array),
+                                  series_column=args.series_column, time_column=args.time_column)
+
     from rnnimp.options import prepare
 
     options = cli.options_from_args(args, JOB, feature_names=names)
-    request = prepare(model, sample, labels, options, cli.parameter_names(JOB, INPUTS))
-    job = {"name": JOB, "model": args.model, "data": args.data, "labels": args.labels}
+    request = prepare(model, X, labels, options, cli.parameter_names(JOB, INPUTS))
+    job = {"name": JOB, "model": args.model, "data": args.data if several else args.data[0], "labels": args.labels}
     cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
+    for name, mask in zip(request.inputs.names, request.inputs.mask_values):
+        if mask is not None:
+            print(f"rnnimp: input {name!r}: steps whose features all equal {mask:g} are padding and are "
+                  "not perturbed", flush=True)
     return cli.execute(execution, request, job, lambda: (model, {"phase": "load_model"}), architecture(model))
 
 

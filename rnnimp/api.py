@@ -22,7 +22,7 @@ __all__ = ["Executor", "ImportanceResult", "Options", "Request", "prepare", "run
 
 def sensitivity_importance(
     model,
-    X: np.ndarray,
+    X: np.ndarray | dict[str, np.ndarray] | list[np.ndarray],
     y: np.ndarray | None = None,
     *,
     executor: Any = None,
@@ -36,13 +36,17 @@ def sensitivity_importance(
     For every target f and repeat r, perturbs the features of f at every time
     step (or, with ``per_step``, at each step alone) in every series of ``X``
     (series, time, features), runs the model and measures the change of all
-    its outputs; by default the RMS change under N(0, 0.2²) noise.
+    its outputs; by default the RMS change under N(0, 0.2²) noise. For a
+    model with several inputs, ``X`` is a dict {input name: array} (or a
+    list in ``model.inputs`` order) of sequence (series, time, features) and
+    static (series, features) arrays; padded steps (``mask_value``) are
+    never perturbed (see :mod:`rnnimp.inputs`).
 
     ``y``: labels (series, ...), one per model output, for the loss-increase
     metric. ``options``: any field of :class:`Options` (n_repeats,
     perturbation, noise_scale, metric, groups, per_step, resample,
     random_state, confidence, interval, target_halfwidth, feature_names,
-    batch_size, shard_size, ...). ``executor``: ``"local"`` (in-process, the
+    mask_value, padding, batch_size, shard_size, ...). ``executor``: ``"local"`` (in-process, the
     default), ``"ray"`` (actors on the Ray cluster you are connected to,
     shut down before returning), or an :class:`Executor` such as
     :class:`rnnimp.distributed.RayExecutor` (left running); all give

@@ -179,14 +179,13 @@ def execute(execution: options.Execution, request: options.Request, job_configur
     timings: dict[str, float] = {}
     job_started = started = time.perf_counter()
     where = distributed.connect(execution.num_cpus, execution.connect_timeout)
-    sample = request.sample
     try:
-        distributed.check_sizes(sample, request.labels, request.settings, architecture_json)
+        distributed.check_sizes(request.sample, request.labels, request.settings, architecture_json)
     except RnnimpError:
         distributed.shutdown()
         raise
     executor = distributed.RayExecutor().warm_up(
-        architecture_json, request.settings.layout.batch_size, sample.shape[1], sample.shape[2])
+        architecture_json, request.settings.layout.batch_size, request.inputs.shapes)
     timings["start_ray"] = time.perf_counter() - started
     print(f"rnnimp: running on {where} with {len(executor.actors)} workers; results go to {execution.out}", flush=True)
     try:

@@ -21,6 +21,7 @@ import socket
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
+import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
 
@@ -182,19 +183,23 @@ _CHECKED: set = set()
 def check_sizes(sample, labels, settings, architecture_json: str) -> None:
     """Refuse (TooLargeError, one line) a run whose data or batches cannot fit; warn where it would spill.
 
-    ``sample``: (series, time, features); ``labels``: (series, outputs) or
+    ``sample``: (series, time, features), or one array per model input; ``labels``: (series, outputs) or
     None; ``settings``: the run's :class:`~rnnimp.worker.Settings`. Checked
     once per shape and architecture in this process.
     """
     layout = settings.layout
-    key = (hash(architecture_json), sample.shape, None if labels is None else labels.shape,
+    shapes = tuple(a.shape for a in sample) if isinstance(sample, (tuple, list)) else (sample.shape,)
+    key = (hash(architecture_json), shapes, None if labels is None else labels.shape,
            layout.batch_size, layout.shard_size, settings.perturbation.kind)
     if key in _CHECKED:
         return
     import keras
 
     n_weights, activations, n_outputs = sizes.model_sizes(keras.models.model_from_json(architecture_json))
-    run_sizes = sizes.RunSizes(sample.shape[0], sample.shape[1], sample.shape[2], n_outputs, layout.batch_size,
+    # several inputs: counted as one input of 1 step holding every value of a series
+    n_series, time_steps, n_features = shapes[0] if len(shapes) == 1 else (
+        shapes[0][0], 1, sum(int(np.prod(shape[1:])) for shape in shapes))
+    run_sizes = sizes.RunSizes(n_series, time_steps, n_features, n_outputs, layout.batch_size,
                                layout.shard_size, n_weights, activations, labels is not None,
                                settings.perturbation.kind == "permute")
     for warning in sizes.check(run_sizes, cluster_capacity()):
@@ -215,8 +220,8 @@ class _EvaluationWorker:
     def ready(self) -> int:
         return os.getpid()
 
-    def warm_up(self, architecture_json, batch_size, time_steps, n_features, jit_compile) -> None:
-        warm_up(architecture_json, batch_size, time_steps, n_features, jit_compile)
+    def warm_up(self, architecture_json, batch_size, input_shapes, jit_compile) -> None:
+        warm_up(architecture_json, batch_size, input_shapes, jit_compile)
 
     def stats(self) -> dict:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
@@ -509,12 +514,15 @@ class RayExecutor:
             self.pool = ActorPool(count, self.stall_timeout_s, RayBackend())
         return self
 
-    def warm_up(self, architecture_json: str, batch_size: int, time_steps: int, n_features: int,
+    def warm_up(self, architecture_json: str, batch_size: int, input_shapes: tuple[tuple[int, ...], ...],
                 jit_compile: bool = True) -> "RayExecutor":
-        """Have every worker (and every replacement) build and compile this architecture now, in the background."""
+        """Have every worker (and every replacement) build and compile this architecture now, in the background.
+
+        ``input_shapes``: per model input, one series' shape ((time, features) or (features,)).
+        """
         self.start()
         self.pool.setup(
-            lambda actor: actor.warm_up.remote(architecture_json, batch_size, time_steps, n_features, jit_compile))
+            lambda actor: actor.warm_up.remote(architecture_json, batch_size, input_shapes, jit_compile))
         return self
 
     def worker_stats(self) -> list[dict]:

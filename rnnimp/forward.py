@@ -1,4 +1,4 @@
-"""Forward passes of a Keras model for the workers: (batch, time, features) float32 -> (batch, outputs).
+"""Forward passes of a Keras model for the workers: input batch(es) float32 -> (batch, outputs).
 
 Beside :mod:`rnnimp.lstm` (the fused program for stacks of LSTM layers);
 :mod:`rnnimp.method` only ever sees the resulting function, so it stays pure
@@ -16,36 +16,69 @@ from . import lstm
 Forward = Callable[[np.ndarray], np.ndarray]
 
 
-def keras_forward(model, jit_compile: bool = False) -> Forward:
+def keras_forward(model, jit_compile: bool = False, output_mask: bool = False) -> Callable:
     """``model(x, training=False)`` in one ``tf.function``: (batch, outputs) numpy.
 
-    Models with several outputs have them flattened and concatenated.
+    ``x`` is one array for a single-input model, else a list of arrays in
+    ``model.inputs`` order (passed to Keras as a dict keyed by input name).
+    Models with several outputs have them flattened and concatenated. With
+    ``output_mask``, returns (predictions, weights): weights (batch, outputs)
+    float32, 0 where Keras masks an output value (the output's ``_keras_mask``
+    broadcast over its trailing axes), 1 elsewhere.
     """
     import tensorflow as tf
 
+    from .inputs import model_input_names
+
+    names = model_input_names(model) if len(model.inputs) > 1 else None
+
+    def flat(tensors, rows):
+        return tf.concat([tf.reshape(tf.cast(t, tf.float32), [rows, -1]) for t in tensors], axis=1)
+
     def call(batch):
-        outputs = tf.nest.flatten(model(batch, training=False))
-        rows = tf.shape(batch)[0]
-        return tf.concat([tf.reshape(tf.cast(o, tf.float32), [rows, -1]) for o in outputs], axis=1)
+        outputs = tf.nest.flatten(model(dict(zip(names, batch)) if names else batch, training=False))
+        rows = tf.shape(tf.nest.flatten(batch)[0])[0]
+        if not output_mask:
+            return flat(outputs, rows)
+        weights = []
+        for tensor in outputs:
+            mask = getattr(tensor, "_keras_mask", None)
+            weight = tf.ones_like(tensor, tf.float32)
+            if mask is not None:
+                mask = tf.cast(mask, tf.float32)
+                while mask.shape.rank < tensor.shape.rank:
+                    mask = mask[..., None]
+                weight = weight * mask
+            weights.append(weight)
+        return flat(outputs, rows), flat(weights, rows)
 
     compiled = tf.function(call, jit_compile=jit_compile, reduce_retracing=True)
+    if output_mask:
+        return lambda batch: tuple(t.numpy() for t in compiled(batch))
     return lambda batch: compiled(batch).numpy()
+
+
+def output_masked(model) -> bool:
+    """Whether Keras propagates a mask to any of the model's outputs (a ``Masking`` layer upstream, say)."""
+    return any(getattr(tensor, "_keras_mask", None) is not None for tensor in getattr(model, "outputs", None) or [])
 
 
 def forward_kind(model, jit_compile: bool) -> str:
     """Which forward pass :func:`model_forward` uses for ``model``: fused-lstm, keras-xla or keras."""
-    if jit_compile and lstm.fusable(model):
+    if jit_compile and not output_masked(model) and lstm.fusable(model):
         return "fused-lstm"
     return "keras-xla" if jit_compile else "keras"
 
 
-def model_forward(model, jit_compile: bool = True) -> Forward:
-    """The fastest faithful forward pass: (batch, time, features) float32 -> (batch, outputs).
+def model_forward(model, jit_compile: bool = True) -> Callable:
+    """The fastest faithful forward pass: input batch(es) float32 -> (batch, outputs).
 
     With ``jit_compile``, stacks of LSTM layers run as rnnimp's fused XLA
-    program (:mod:`rnnimp.lstm`), other models as ``model(x)`` under XLA;
-    without it, always ``model(x)`` in a plain ``tf.function``.
+    program (:mod:`rnnimp.lstm`), other models (several inputs, masks, other
+    layers) as ``model(x)`` under XLA; without it, always ``model(x)`` in a
+    plain ``tf.function``. A model whose outputs carry a Keras mask returns
+    (predictions, weights) (see :func:`keras_forward`).
     """
     if forward_kind(model, jit_compile) == "fused-lstm":
         return lstm.fused_forward(model)
-    return keras_forward(model, jit_compile)
+    return keras_forward(model, jit_compile, output_mask=output_masked(model))

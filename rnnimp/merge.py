@@ -69,10 +69,12 @@ def merge_runs(folders: Sequence[str]) -> ImportanceResult:
     repeat = np.asarray(table["repeat"])
     n_targets = int(index.max()) + 1
     n_steps = configuration["time_steps"] if per_step else 1
-    step = np.asarray(table["step"]) if per_step else np.zeros_like(index)
+    # step -1: a static feature in a time-step map (a null step)
+    step = np.asarray(table["step"].fill_null(-1)) if per_step else np.full_like(index, -1)
+    cells, row = np.unique(np.column_stack([index, step]), axis=0, return_inverse=True)
     first = int(repeat.min())
-    effects = np.full((n_targets * n_steps, int(repeat.max()) - first + 1), np.nan)
-    effects[index * n_steps + step, repeat - first] = np.asarray(table["effect"])
+    effects = np.full((len(cells), int(repeat.max()) - first + 1), np.nan)
+    effects[row.ravel(), repeat - first] = np.asarray(table["effect"])
     summary = stats.summarize(effects, configuration["confidence"],
                               generator(first_metadata["seed"], Stream.BOOTSTRAP),
                               interval=configuration["interval"])
@@ -82,6 +84,12 @@ def merge_runs(folders: Sequence[str]) -> ImportanceResult:
     metadata = {**first_metadata, "configuration": merged_configuration, "merged_from": list(folders),
                 "timings_s": {}}
     metadata.pop("adaptive", None)
-    shape = (n_targets, n_steps, effects.shape[1]) if per_step else (n_targets, effects.shape[1])
+    if per_step:
+        grid = np.full((n_targets, n_steps, effects.shape[1]), np.nan)
+        grid[cells[:, 0], np.maximum(cells[:, 1], 0)] = effects
+    else:
+        grid = effects
     return ImportanceResult(names["feature"].to_pylist(), names["features"].to_pylist(),
-                            effects.reshape(shape), summary, configuration["confidence"], metadata)
+                            grid, summary, configuration["confidence"], metadata,
+                            cells=[(int(t), None if s < 0 else int(s)) for t, s in cells] if per_step else None,
+                            target_inputs=names["input"].to_pylist() if "input" in names.column_names else None)

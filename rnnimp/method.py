@@ -23,13 +23,15 @@ depend on how the work was split either.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from .errors import API_NAMES, InvalidParameterError, Names
-from .perturb import Perturbation, bootstrap_weights, perturb_batch, permutation
+from .inputs import InputLayout, real_steps
+from .perturb import Perturbation, bootstrap_weights, perturb_inputs, permutation
 from .seeding import noise_key, resample_key
 
 METRICS = ("rms", "mae", "loss-increase")
@@ -130,13 +132,18 @@ class Layout:
 def plan_units(
     seed: int, targets: Sequence[Target], repeats: Iterable[int], shards: Sequence[Shard],
     steps: Sequence[int | None] = (None,), resample: bool = False,
+    target_steps: Sequence[Sequence[int | None]] | None = None,
 ) -> list[Unit]:
-    """All units for ``targets`` × ``steps`` × ``repeats`` × ``shards``, repeat-major."""
+    """All units for ``targets`` × ``steps`` × ``repeats`` × ``shards``, repeat-major.
+
+    ``target_steps[i]``, if given, replaces ``steps`` for target i (a static
+    feature has no steps in a time-step map; a short input fewer).
+    """
     units = []
     for repeat in repeats:
         weights_key = resample_key(seed, repeat) if resample else None
         for index, target in enumerate(targets):
-            for step in steps:
+            for step in (steps if target_steps is None else target_steps[index]):
                 key = noise_key(seed, index, repeat) if step is None else noise_key(seed, index, repeat, step)
                 units.extend(Unit(index, target.features, step, repeat, shard, key, weights_key)
                              for shard in shards)
@@ -146,76 +153,130 @@ def plan_units(
 class ShardEvaluator:
     """Runs a model on fixed-size batches of a sample, plain or perturbed.
 
-    ``forward`` maps a float32 batch (batch_size, time, features) to
-    predictions (batch_size, outputs).
+    The sample is one array per model input (see :mod:`rnnimp.inputs`), or a
+    single (series, time, features) array for a single-input model. Each
+    input has its own fixed-size batch buffer. ``forward`` maps the buffers
+    (the one buffer of a single-input model, else a list in input order) to
+    predictions (batch_size, outputs), or, with ``output_mask``, to
+    (predictions, weights): weights (batch_size, outputs) are 0 at outputs
+    Keras masks (padded output steps) and 1 elsewhere.
+
+    With ``output_mask``, baseline predictions are NaN at masked outputs and
+    those outputs are left out of every metric (weight 0, as Keras' masked
+    losses do).
     """
 
-    def __init__(self, forward: Callable[[np.ndarray], np.ndarray], batch_size: int,
-                 time_steps: int, n_features: int) -> None:
+    def __init__(self, forward: Callable, batch_size: int, time_steps: int | None = None,
+                 n_features: int | None = None, *, inputs: InputLayout | None = None,
+                 output_mask: bool = False) -> None:
         self.forward = forward
         self.batch_size = batch_size
-        self._buffer = np.zeros((batch_size, time_steps, n_features), dtype=np.float32)
+        self.inputs = inputs if inputs is not None else InputLayout.single(time_steps, n_features)
+        self.output_mask = output_mask
+        self._buffers = [np.zeros((batch_size, *shape), dtype=np.float32) for shape in self.inputs.shapes]
+        self._holds: list[tuple | None] = [None] * self.inputs.n_inputs  # (array ref, start, stop) held unchanged
         self._permutation: tuple[tuple, np.ndarray] | None = None
 
     def compile(self) -> None:
-        """Trace and compile the forward pass now (on the zero buffer), not on the first unit."""
-        self.forward(self._buffer)
+        """Trace and compile the forward pass now (on the zero buffers), not on the first unit."""
+        self._forward()
+
+    def _forward(self):
+        return self.forward(self._buffers[0] if len(self._buffers) == 1 else list(self._buffers))
 
     def _batches(self, shard: Shard) -> Iterable[tuple[int, int]]:
         for start in range(shard.start, shard.stop, self.batch_size):
             yield start, min(start + self.batch_size, shard.stop)
 
-    def _load(self, sample: np.ndarray, start: int, stop: int) -> np.ndarray:
-        """Copy ``sample[start:stop]`` into the zero-padded batch buffer; return its filled rows."""
-        rows = stop - start
-        self._buffer[:rows] = sample[start:stop]
-        self._buffer[rows:] = 0.0
-        return self._buffer[:rows]
+    def _load(self, sample: Sequence[np.ndarray], start: int, stop: int) -> list[np.ndarray]:
+        """Copy ``sample[k][start:stop]`` into each zero-padded buffer; return the filled rows.
 
-    def _run(self, rows: int) -> np.ndarray:
-        """Model outputs for the first ``rows`` rows of the buffer, as (rows, outputs)."""
-        outputs = np.asarray(self.forward(self._buffer))
-        return outputs.reshape(self.batch_size, -1)[:rows]
+        A buffer that still holds exactly these unperturbed rows is not copied again.
+        """
+        rows = stop - start
+        views = []
+        for index, (buffer, array) in enumerate(zip(self._buffers, sample)):
+            held = self._holds[index]
+            if held is None or held[0]() is not array or held[1:] != (start, stop):
+                buffer[:rows] = array[start:stop]
+                buffer[rows:] = 0.0
+                self._holds[index] = (weakref.ref(array), start, stop)
+            views.append(buffer[:rows])
+        return views
+
+    def _run(self, rows: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Model outputs for the first ``rows`` rows of the buffers, (rows, outputs), and their weights."""
+        outputs = self._forward()
+        weights = None
+        if self.output_mask:
+            outputs, weights = outputs
+            weights = np.asarray(weights).reshape(self.batch_size, -1)[:rows]
+        return np.asarray(outputs).reshape(self.batch_size, -1)[:rows], weights
 
     def _sources(self, key: tuple[int, int], n_samples: int) -> np.ndarray:
         if self._permutation is None or self._permutation[0] != (key, n_samples):
             self._permutation = ((key, n_samples), permutation(key, n_samples))
         return self._permutation[1]
 
-    def predict(self, sample: np.ndarray, shard: Shard) -> np.ndarray:
-        """Predictions for ``sample[shard]``: float32 (shard rows, outputs)."""
+    def predict(self, sample, shard: Shard) -> np.ndarray:
+        """Predictions for ``sample[shard]``: float32 (shard rows, outputs); NaN at masked outputs."""
+        sample = as_inputs(sample)
         pieces = []
         for start, stop in self._batches(shard):
             self._load(sample, start, stop)
-            pieces.append(self._run(stop - start))
+            predictions, weights = self._run(stop - start)
+            if weights is not None:
+                predictions = np.where(weights > 0, predictions, np.float32(np.nan))
+            pieces.append(predictions)
         return np.concatenate(pieces)
 
     def unit_sums(
-        self, sample: np.ndarray, baseline: np.ndarray, labels: np.ndarray | None, unit: Unit,
+        self, sample, baseline: np.ndarray, labels: np.ndarray | None, unit: Unit,
         perturbation: Perturbation, metric: Metric,
     ) -> np.ndarray:
         """Per-batch weighted sums of the metric's terms and weighted counts of values.
 
-        ``sample``: the whole evaluation sample (series, time, features), never
-        modified; ``baseline``: unperturbed predictions of the unit's shard
-        (shard rows, outputs); ``labels``: (series, outputs) or None. Returns float64
-        (batches in shard, 2): column 0 the sums, column 1 the counts.
+        ``sample``: the whole evaluation sample (one array per input, or one
+        (series, time, features) array), never modified; ``baseline``:
+        unperturbed predictions of the unit's shard (shard rows, outputs), NaN
+        at masked outputs; ``labels``: (series, outputs) or None. Returns
+        float64 (batches in shard, 2): column 0 the sums, column 1 the counts.
         """
-        sources = self._sources(unit.key, len(sample)) if perturbation.kind == "permute" else None
+        sample = as_inputs(sample)
+        layout = self.inputs
+        sources = self._sources(unit.key, len(sample[0])) if perturbation.kind == "permute" else None
         sums = np.empty((math.ceil((unit.shard.stop - unit.shard.start) / self.batch_size), 2))
         for index, (start, stop) in enumerate(self._batches(unit.shard)):
-            batch = self._load(sample, start, stop)
-            perturb_batch(batch, sample, start, unit.features, unit.step, perturbation, unit.key, sources)
-            perturbed = self._run(stop - start).astype(np.float64)
+            batches = self._load(sample, start, stop)
+            real = [real_steps(batch, mask_value) if layout.is_sequence(k) else None
+                    for k, (batch, mask_value) in enumerate(zip(batches, layout.mask_values))]
+            changed = perturb_inputs(batches, sample, start, unit.features, unit.step, perturbation, unit.key,
+                                     layout, real, sources)
+            for k in changed:
+                self._holds[k] = None
+            perturbed = self._run(stop - start)[0].astype(np.float64)
             offset = start - unit.shard.start
             terms = metric.terms(perturbed, baseline[offset:offset + stop - start],
                                  None if labels is None else labels[start:stop])
+            if self.output_mask:
+                valid = ~np.isnan(baseline[offset:offset + stop - start])
+                terms = np.where(valid, terms, 0.0)
+                counts = valid.sum(axis=1).astype(np.float64)
+            else:
+                counts = None
             if unit.resample is None:
-                sums[index] = math.fsum(terms.sum(axis=1)), terms.size
+                sums[index] = math.fsum(terms.sum(axis=1)), terms.size if counts is None else counts.sum()
             else:
                 weights = bootstrap_weights(unit.resample, start, stop - start)
-                sums[index] = math.fsum((terms * weights[:, None]).sum(axis=1)), weights.sum() * terms.shape[1]
+                sums[index] = (math.fsum((terms * weights[:, None]).sum(axis=1)),
+                               weights.sum() * terms.shape[1] if counts is None else (weights * counts).sum())
         return sums
+
+
+def as_inputs(sample) -> Sequence[np.ndarray]:
+    """The sample as one array per model input (a tuple or list); anything else (an array,
+    a :class:`rnnimp.dataset.SampleView`) is the single input's."""
+    return sample if isinstance(sample, (tuple, list)) else (sample,)
 
 
 def effect(batch_sums: Iterable[np.ndarray], metric: Metric) -> float:

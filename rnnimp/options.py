@@ -27,6 +27,8 @@ import numpy as np
 
 from . import logs, stats, validation
 from .errors import API_NAMES, InvalidParameterError, Names
+from .inputs import (PADDINGS, InputLayout, feature_names as input_feature_names, input_arrays, layout_of,
+                     model_input_names, resolve_mask_values)
 from .method import LOSSES, METRICS, Layout, Metric, Target
 from .perturb import PERTURBATIONS, Perturbation
 from .worker import Settings
@@ -97,6 +99,27 @@ def split_names(value: str | None) -> list[str] | None:
     return None if value is None else [name.strip() for name in value.split(",")]
 
 
+def parse_mask_values(values: Sequence[str]) -> float | dict[str, float] | None:
+    """``--mask-value`` values: one number for every sequence input, or NAME=V per input (None: none given)."""
+    if not values:
+        return None
+    parsed: dict[str, float] = {}
+    for value in values:
+        name, separator, number = value.rpartition("=")
+        try:
+            mask = float(number)
+        except ValueError:
+            mask = math.nan
+        if not math.isfinite(mask) or (separator and not name):
+            raise InvalidParameterError("--mask-value", "must be a finite number, or NAME=number", value)
+        parsed[name] = mask
+    if "" in parsed:
+        if len(values) > 1:
+            raise InvalidParameterError("--mask-value", "must be one number, or NAME=number per input", list(values))
+        return parsed[""]
+    return parsed
+
+
 DEFAULT_BATCH_SIZE = 4096
 DEFAULT_SHARD_SIZE = 65536
 
@@ -128,7 +151,16 @@ class Options:
         repeats: after the first wave, add waves of ``wave_repeats`` to the
         targets whose t-interval half-width exceeds ``target_halfwidth``
         (times |mean| if ``relative``), up to ``max_repeats``.
-    feature_names : one name per feature (default x1, x2, ...).
+    feature_names : one name per feature (default x1, x2, ...); with several
+        inputs, a list over all inputs' features in input order, or
+        {input name: names} (default INPUT.x1, ...).
+    mask_value : padding value of the sequence inputs: None (the
+        ``mask_value`` of a Keras ``Masking`` layer reading the input, if
+        any, else no mask), a number, or {input name: number}. Padded steps
+        (all features equal to it) are never perturbed; masked outputs are
+        left out of the metric (see :mod:`rnnimp.inputs`).
+    padding : "post" or "pre": where series were padded; aligns the real
+        steps of series of different lengths when a permutation exchanges them.
     batch_size, shard_size : the model runs on batches of ``batch_size``
         series; a unit of work covers ``shard_size`` series (a multiple of
         ``batch_size``). Neither changes the effects.
@@ -194,9 +226,20 @@ class Options:
     wave_repeats: int = _option(
         5, flag="--wave-repeats", type=int, repeat_key=True,
         help="adaptive repeats: repeats per extra wave (default: %(default)s)")
-    feature_names: Sequence[str] | None = _option(
+    feature_names: Sequence[str] | Mapping[str, Sequence[str]] | None = _option(
         None, flag="--feature-names", jobs=("importance",), parse=split_names,
-        help="comma-separated names (default: Parquet columns, or x1, x2, ...)")
+        help="comma-separated names of all features, inputs in model order (default: Parquet columns, "
+             "or x1, x2, ...)")
+    mask_value: float | Mapping[str, float] | None = _option(
+        None, flag="--mask-value", jobs=("importance",), repeatable=True, metavar="[NAME=]V",
+        recorded=False,  # recorded per input under "inputs", where a mask applies
+        parse=parse_mask_values,
+        help="padding value of the sequence inputs (all, or NAME's): steps whose features all equal it are "
+             "never perturbed (default: the mask_value of a Keras Masking layer reading the input, else none)")
+    padding: str = _option(
+        "post", flag="--padding", jobs=("importance",), choices=PADDINGS, recorded=False,  # where a mask applies
+        help="where series of different lengths are padded (long-form Parquet) and how permuted series of "
+             "different lengths are aligned: post (at the end) or pre (at the start) (default: %(default)s)")
     batch_size: int = _option(
         DEFAULT_BATCH_SIZE, flag="--eval-batch-size", type=int,
         help="series per forward pass on the workers (default: %(default)s)")
@@ -265,16 +308,18 @@ class Request:
 
     ``options``: resolved (names, groups by feature name, max_repeats, the
     effective batch and shard sizes); ``sample`` (series, time, features)
-    float32; ``labels`` (series, outputs) float32 or None; ``names`` how
-    errors name the parameters (kept for the checks that need the model to
-    run).
+    float32 for a single-input model, else a tuple of one float32 array per
+    model input (see :mod:`rnnimp.inputs`); ``labels`` (series, outputs)
+    float32 or None; ``steps[t]``: target t's steps in a time-step map, or
+    [None]; ``names`` how errors name the parameters (kept for the checks
+    that need the model to run).
     """
 
     options: Options
-    sample: np.ndarray
+    sample: np.ndarray | tuple[np.ndarray, ...]
     labels: np.ndarray | None
     targets: list[Target]
-    steps: list[int | None]
+    steps: list[list[int | None]]
     settings: Settings
     configuration: dict[str, Any]
     names: Names = API_NAMES
@@ -282,6 +327,21 @@ class Request:
     @property
     def feature_names(self) -> list[str]:
         return list(self.options.feature_names)
+
+    @property
+    def inputs(self) -> InputLayout:
+        return self.settings.inputs
+
+    @property
+    def cells(self) -> list[tuple[int, int | None]]:
+        """(target, step) of every result row, targets in order."""
+        return [(t, s) for t, steps in enumerate(self.steps) for s in steps]
+
+    def target_inputs(self) -> list[str] | None:
+        """Per target, the comma-separated names of the inputs its features come from (several inputs only)."""
+        if self.inputs.n_inputs == 1:
+            return None
+        return [",".join(self.inputs.names[k] for k, _, _ in self.inputs.parts(t.features)) for t in self.targets]
 
 
 def feature_index(reference: str | int, names: list[str], parameter: str) -> int:
@@ -315,25 +375,46 @@ def resolve_targets(names: list[str], groups: Mapping[str, Sequence[str | int]] 
     return targets
 
 
-def resolve_perturbation(kind: str, sample: np.ndarray, noise_scale: float, noise_relative: float | None,
-                         ablate_value: str | float, names: Names = API_NAMES) -> Perturbation:
-    """The perturbation with its per-feature scales or replacement values fixed on ``sample``."""
+def _feature_values(sample, mask_values: Sequence[float | None] = ()) -> list[np.ndarray]:
+    """Per input, its values as (values, features), padded steps of masked inputs left out."""
+    arrays = list(sample) if isinstance(sample, (tuple, list)) else [sample]
+    masks = list(mask_values) or [None] * len(arrays)
+    values = []
+    for array, mask_value in zip(arrays, masks):
+        rows = array.reshape(-1, array.shape[-1])
+        if mask_value is not None:
+            rows = rows[np.any(rows != np.float32(mask_value), axis=1)]
+        values.append(rows)
+    return values
+
+
+def resolve_perturbation(kind: str, sample, noise_scale: float, noise_relative: float | None,
+                         ablate_value: str | float, names: Names = API_NAMES,
+                         mask_values: Sequence[float | None] = ()) -> Perturbation:
+    """The perturbation with its per-feature scales or replacement values fixed on ``sample``.
+
+    ``sample``: one array (series, time, features), or one array per model
+    input; scales and values are per global feature (inputs in order), their
+    statistics taken over real steps only where an input has a mask value.
+    """
     if kind not in PERTURBATIONS:
         raise InvalidParameterError(names("perturbation"), f"must be one of {', '.join(PERTURBATIONS)}", kind)
-    n_features = sample.shape[2]
+    per_input = _feature_values(sample, mask_values)
+    n_features = sum(v.shape[1] for v in per_input)
     if kind == "noise":
         if noise_relative is not None:
             relative = validation.positive_finite(names("noise_relative"), noise_relative)
-            stds = sample.reshape(-1, n_features).std(axis=0, dtype=np.float64)
+            stds = np.concatenate([v.std(axis=0, dtype=np.float64) for v in per_input])
             return Perturbation("noise", scales=tuple(float(relative * s) for s in stds))
         scale = validation.positive_finite(names("noise_scale"), noise_scale)
         return Perturbation("noise", scales=(scale,) * n_features)
     if kind == "permute":
-        if sample.shape[0] < 2:
-            raise InvalidParameterError(names("X"), "must hold at least 2 series to permute", sample.shape[0])
+        n_series = len(sample[0]) if isinstance(sample, (tuple, list)) else len(sample)
+        if n_series < 2:
+            raise InvalidParameterError(names("X"), "must hold at least 2 series to permute", n_series)
         return Perturbation("permute")
     if ablate_value == "mean":
-        values = sample.reshape(-1, n_features).mean(axis=0, dtype=np.float64)
+        values = np.concatenate([v.mean(axis=0, dtype=np.float64) for v in per_input])
     elif ablate_value == "zero":
         values = np.zeros(n_features)
     else:
@@ -426,22 +507,53 @@ def prepare(model, X, y=None, options: Options = Options(), names: Names = API_N
         if max_repeats < n_repeats:
             raise InvalidParameterError(n("max_repeats"), f"must be at least {n('n_repeats')} ({n_repeats})",
                                         max_repeats)
-    sample = validation.series_array(n("X"), X)
-    _check_model_fits(model, sample, n("X"))
-    n_samples, time_steps, n_features = sample.shape
-    feature_names = resolve_feature_names(o.feature_names, n_features, n("feature_names"))
+    if o.padding not in PADDINGS:
+        raise InvalidParameterError(n("padding"), f"must be one of {', '.join(PADDINGS)}", o.padding)
+    if len(model.inputs) == 1 and len(model.inputs[0].shape) == 3 and not isinstance(X, (dict, list, tuple)):
+        sample = validation.series_array(n("X"), X)
+        _check_model_fits(model, sample, n("X"))
+        input_names, arrays = model_input_names(model), [sample]
+        feature_names = resolve_feature_names(o.feature_names, sample.shape[2], n("feature_names"))
+    else:
+        input_names, arrays = input_arrays(model, X, n("X"))
+        sample = arrays[0] if len(arrays) == 1 else tuple(arrays)
+        feature_names = input_feature_names(input_names, arrays, o.feature_names, n("feature_names"))
+    mask_values = resolve_mask_values(o.mask_value, model, input_names, arrays, n("mask_value"))
+    inputs = layout_of(input_names, arrays, mask_values, o.padding)
+    n_samples, time_steps, n_features = len(arrays[0]), inputs.max_time_steps, inputs.n_features
     targets = resolve_targets(feature_names, o.groups, n("groups"))
-    perturb = resolve_perturbation(o.perturbation, sample, o.noise_scale, o.noise_relative, o.ablate_value, n)
+    perturb = resolve_perturbation(o.perturbation, arrays, o.noise_scale, o.noise_relative, o.ablate_value, n,
+                                   mask_values)
     measure, labels = resolve_metric(o.metric, o.loss, y, model, n_samples, n)
     layout = Layout.for_sample(n_samples, o.batch_size, o.shard_size, n)
+    steps = [_target_steps(inputs, target, o.per_step, n("groups")) for target in targets]
     resolved = dataclasses.replace(
         o, n_repeats=n_repeats, confidence=confidence, max_repeats=max_repeats, feature_names=feature_names,
         groups={t.name: [feature_names[i] for i in t.features] for t in targets[n_features:]},
-        batch_size=layout.batch_size, shard_size=layout.shard_size)
+        batch_size=layout.batch_size, shard_size=layout.shard_size, mask_value=o.mask_value)
     configuration = {
         **resolved.configuration(), "scales": list(perturb.scales), "ablate_values": list(perturb.values),
         "n_samples": n_samples, "time_steps": time_steps, "n_features": n_features,
     }
-    steps: list[int | None] = list(range(time_steps)) if o.per_step else [None]
-    return Request(resolved, sample, labels, targets, steps, Settings(layout, perturb, measure, o.jit_compile),
-                   configuration, n)
+    # recorded only where they matter, so a single-input run without a mask keeps its configuration
+    if inputs.n_inputs > 1 or any(v is not None for v in mask_values):
+        configuration["inputs"] = {name: {"kind": inputs.kind(k), "shape": list(inputs.shapes[k]),
+                                          "mask_value": inputs.mask_values[k]}
+                                   for k, name in enumerate(inputs.names)}
+        configuration["padding"] = o.padding
+    return Request(resolved, sample, labels, targets, steps,
+                   Settings(layout, perturb, measure, o.jit_compile, inputs), configuration, n)
+
+
+def _target_steps(inputs: InputLayout, target: Target, per_step: bool, parameter: str) -> list[int | None]:
+    """The steps of a target in a time-step map: those of its longest sequence input, or [None]."""
+    if not per_step:
+        return [None]
+    parts = inputs.parts(target.features)
+    sequence = [k for k, _, _ in parts if inputs.is_sequence(k)]
+    if not sequence:
+        return [None]
+    if len(sequence) < len(parts):
+        raise InvalidParameterError(parameter, "must not mix static and sequence features in a time-step map "
+                                    "(per_step)", target.name)
+    return list(range(max(inputs.shapes[k][0] for k in sequence)))

@@ -2,8 +2,12 @@
 
 The noise of a perturbation unit is one long stream of standard normal values
 laid out sample after sample (``time_steps`` values per sample per perturbed
-feature). Value number ``i`` is a pure function of the unit's Philox key and
-``i``: Philox is counter-based, so the stream can be entered at any sample
+feature). With several model inputs, input ``k``'s values start at position
+``k * NOISE_REGION`` of the stream, so features of different inputs (a static
+and a sequence feature of one group, say) never share draws; input 0 starts
+at 0, so a single-input model draws exactly what it always drew. Value
+number ``i`` is a pure function of the unit's Philox key and ``i``: Philox
+is counter-based, so the stream can be entered at any sample
 without drawing what comes before. The noise a sample receives is therefore
 the same however the sample is split into shards and batches.
 """
@@ -11,15 +15,19 @@ the same however the sample is split into shards and batches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from scipy.special import ndtri
 from scipy.stats import poisson
 
+if TYPE_CHECKING:
+    from .inputs import InputLayout
+
 PERTURBATIONS = ("noise", "permute", "ablate")  # the kinds of Perturbation
 _PHILOX_WORDS_PER_BLOCK = 4  # Philox4x64 yields 4 uint64 per counter step
 _UNIFORM_SCALE = 2.0**-53
+NOISE_REGION = 2**128  # stream positions reserved per model input (Philox4x64's counter has 256 bits)
 
 
 def standard_normal_stream(key: tuple[int, int], start: int, count: int) -> np.ndarray:
@@ -35,16 +43,18 @@ def standard_normal_stream(key: tuple[int, int], start: int, count: int) -> np.n
 
 
 def sample_noise(
-    key: tuple[int, int], first_sample: int, n_samples: int, time_steps: int, n_features: int = 1
+    key: tuple[int, int], first_sample: int, n_samples: int, time_steps: int, n_features: int = 1,
+    region: int = 0,
 ) -> np.ndarray:
     """Standard normal noise for samples ``first_sample .. +n_samples``.
 
     Returns float64 of shape (n_samples, time_steps, n_features); sample ``s``
     always receives the same values, whatever ``first_sample`` and
-    ``n_samples`` a caller uses to reach it.
+    ``n_samples`` a caller uses to reach it. ``region``: the model input
+    (its index) whose features the noise is for.
     """
     per_sample = time_steps * n_features
-    flat = standard_normal_stream(key, first_sample * per_sample, n_samples * per_sample)
+    flat = standard_normal_stream(key, region * NOISE_REGION + first_sample * per_sample, n_samples * per_sample)
     return flat.reshape(n_samples, time_steps, n_features)
 
 
@@ -84,32 +94,6 @@ class Perturbation:
     values: tuple[float, ...] = ()
 
 
-def perturb_batch(
-    batch: np.ndarray, sample: np.ndarray, first_sample: int, features: tuple[int, ...],
-    step: int | None, perturbation: Perturbation, key: tuple[int, int],
-    sources: np.ndarray | None = None,
-) -> None:
-    """Perturb ``batch`` in place: it holds ``sample[first_sample : first_sample + rows]``.
-
-    ``batch``: (rows, time, features); ``sample``: the whole sample (series,
-    time, features), read only. ``sources`` (series,) is the permutation of
-    the unit for ``permute``. Only ``features`` change, at every step or at
-    ``step`` only.
-    """
-    rows, time_steps = batch.shape[:2]
-    if perturbation.kind == "noise":
-        noise = sample_noise(key, first_sample, rows, 1 if step is not None else time_steps, len(features))
-        add_noise_inplace(batch, features, noise, perturbation.scales, step)
-    elif perturbation.kind == "permute":
-        donors = sample[sources[first_sample:first_sample + rows]]
-        batch[:, _steps(step), list(features)] = donors[:, _steps(step)][:, :, list(features)]
-    elif perturbation.kind == "ablate":
-        for feature in features:
-            batch[:, _steps(step), feature] = perturbation.values[feature]
-    else:
-        raise ValueError(f"unknown perturbation {perturbation.kind!r}")
-
-
 def permutation(key: tuple[int, int], n_samples: int) -> np.ndarray:
     """The permutation of ``n_samples`` series keyed by ``key``: int64 (n_samples,).
 
@@ -146,3 +130,130 @@ def stream_uniforms(key: tuple[int, int], start: int, count: int) -> np.ndarray:
     uniforms += 0.5
     uniforms *= _UNIFORM_SCALE
     return uniforms
+
+
+def perturb_inputs(
+    batches: Sequence[np.ndarray], sample: Sequence[np.ndarray], first_sample: int, features: tuple[int, ...],
+    step: int | None, perturbation: Perturbation, key: tuple[int, int], layout: "InputLayout",
+    real: Sequence[np.ndarray | None], sources: np.ndarray | None = None,
+) -> list[int]:
+    """Perturb the batches of a model's inputs in place; return the indexes of the inputs changed.
+
+    ``batches[k]`` holds ``sample[k][first_sample : first_sample + rows]``:
+    (rows, time, features) for a sequence input, (rows, features) for a
+    static one. ``features`` are global feature indexes (see
+    :class:`rnnimp.inputs.InputLayout`), ``step`` a time step of the sequence
+    inputs (None: every step; a sequence input shorter than ``step`` is left
+    alone). ``real[k]``: (rows, time) bool, False at padded steps of a masked
+    sequence input (computed on the unperturbed batch), or None: padded steps
+    are never changed. Scales and ablation values are indexed by global feature.
+
+    Permutation with a mask: series s receives the real steps of its donor
+    ``sources[s]``, aligned at the first real step (``padding="post"``) or at
+    the last (``"pre"``); a donor shorter than s is repeated from its start
+    (post) or backwards from its end (pre) to fill s's real steps; a donor
+    with no real step leaves s unchanged. s keeps its own length and padding.
+    """
+    changed = []
+    for index, members, columns in layout.parts(features):
+        batch, rows = batches[index], len(batches[index])
+        if layout.is_sequence(index):
+            if step is not None and step >= batch.shape[1]:
+                continue
+            mask = real[index]
+            if mask is None:
+                _perturb_sequence(batch, sample[index], first_sample, members, columns, step, perturbation, key,
+                                  index, sources)
+            else:
+                _perturb_masked(batch, sample[index], first_sample, members, columns, step, perturbation, key,
+                                index, sources, mask, layout.mask_values[index], layout.padding)
+        else:
+            if perturbation.kind == "noise":
+                noise = sample_noise(key, first_sample, rows, 1, len(columns), region=index)[:, 0, :]
+                for c, (feature, column) in enumerate(zip(members, columns)):
+                    batch[:, column] += (perturbation.scales[feature] * noise[:, c]).astype(batch.dtype, copy=False)
+            elif perturbation.kind == "permute":
+                batch[:, list(columns)] = sample[index][sources[first_sample:first_sample + rows]][:, list(columns)]
+            elif perturbation.kind == "ablate":
+                for feature, column in zip(members, columns):
+                    batch[:, column] = perturbation.values[feature]
+            else:
+                raise ValueError(f"unknown perturbation {perturbation.kind!r}")
+        changed.append(index)
+    return changed
+
+
+def _perturb_sequence(batch, sample, first_sample, members, columns, step, perturbation, key, region, sources):
+    """Unmasked sequence input: every step (or ``step``) of the target's columns; scales by global feature.
+
+    ``noise`` adds scale × the stream's values, ``permute`` copies the donors'
+    trajectories (time order kept), ``ablate`` writes the replacement value.
+    """
+    rows, time_steps = batch.shape[:2]
+    if perturbation.kind == "noise":
+        noise = sample_noise(key, first_sample, rows, 1 if step is not None else time_steps, len(columns), region)
+        for c, (feature, column) in enumerate(zip(members, columns)):
+            batch[:, _steps(step), column] += (perturbation.scales[feature] * noise[:, :, c]).astype(
+                batch.dtype, copy=False)
+    elif perturbation.kind == "permute":
+        donors = sample[sources[first_sample:first_sample + rows]]
+        batch[:, _steps(step), list(columns)] = donors[:, _steps(step)][:, :, list(columns)]
+    elif perturbation.kind == "ablate":
+        for feature, column in zip(members, columns):
+            batch[:, _steps(step), column] = perturbation.values[feature]
+    else:
+        raise ValueError(f"unknown perturbation {perturbation.kind!r}")
+
+
+def _perturb_masked(batch, sample, first_sample, members, columns, step, perturbation, key, region, sources,
+                    mask, mask_value, padding):
+    """Masked sequence input: like :func:`_perturb_sequence` on the real steps (``mask``) only."""
+    rows, time_steps = batch.shape[:2]
+    where = mask if step is None else mask[:, step:step + 1]
+    if perturbation.kind == "noise":
+        noise = sample_noise(key, first_sample, rows, 1 if step is not None else time_steps, len(columns), region)
+        for c, (feature, column) in enumerate(zip(members, columns)):
+            change = (perturbation.scales[feature] * noise[:, :, c]).astype(batch.dtype, copy=False)
+            batch[:, _steps(step), column] += np.where(where, change, np.float32(0.0))
+    elif perturbation.kind == "permute":
+        donors = sample[sources[first_sample:first_sample + rows]]
+        donor_real = np.any(donors != np.float32(mask_value), axis=-1)
+        aligned = aligned_donor_values(donors[:, :, list(columns)], donor_real, mask, padding)
+        take = mask & donor_real.any(axis=1)[:, None]
+        if step is not None:
+            take = take & (np.arange(time_steps) == step)[None, :]
+        target = batch[:, :, list(columns)]
+        target[take] = aligned[take]
+        batch[:, :, list(columns)] = target
+    elif perturbation.kind == "ablate":
+        for feature, column in zip(members, columns):
+            view = batch[:, _steps(step), column]
+            view[where] = perturbation.values[feature]
+    else:
+        raise ValueError(f"unknown perturbation {perturbation.kind!r}")
+
+
+def aligned_donor_values(donor_values: np.ndarray, donor_real: np.ndarray, receiver_real: np.ndarray,
+                         padding: str) -> np.ndarray:
+    """For each receiver step, the donor value it receives in a masked permutation.
+
+    ``donor_values``: (rows, time, columns), row r the donor of receiver r;
+    ``donor_real``, ``receiver_real``: (rows, time) bool. The receiver's k-th
+    real step (counted from the first real step for ``post`` padding, from
+    the last for ``pre``) gets the donor's k-th real step counted the same
+    way, modulo the donor's number of real steps. Returns (rows, time,
+    columns); values at the receiver's padded steps, and for donors without
+    real steps, are meaningless (the caller leaves those steps alone).
+    """
+    donor_length = donor_real.sum(axis=1)
+    safe_length = np.maximum(donor_length, 1)[:, None]
+    receiver_rank = np.cumsum(receiver_real, axis=1) - 1  # k of each real step, from the first
+    if padding == "pre":
+        from_end = receiver_real.sum(axis=1)[:, None] - 1 - receiver_rank
+        donor_rank = safe_length - 1 - np.mod(from_end, safe_length)
+    else:
+        donor_rank = np.mod(receiver_rank, safe_length)
+    donor_rank = np.clip(donor_rank, 0, donor_real.shape[1] - 1)
+    real_positions = np.argsort(~donor_real, axis=1, kind="stable")  # real steps first, in time order
+    positions = np.take_along_axis(real_positions, donor_rank, axis=1)
+    return np.take_along_axis(donor_values, positions[:, :, None], axis=1)

@@ -23,7 +23,8 @@ def row_labels(table: pa.Table) -> list[str]:
     names = table.column("feature").to_pylist()
     if "step" not in table.column_names:
         return names
-    return [f"{name}[{step}]" for name, step in zip(names, table.column("step").to_pylist())]
+    return [name if step is None else f"{name}[{step}]"  # step None: a static feature, without steps
+            for name, step in zip(names, table.column("step").to_pylist())]
 
 
 def format_summary(table: pa.Table, confidence: float) -> str:
@@ -34,13 +35,19 @@ def format_summary(table: pa.Table, confidence: float) -> str:
     """
     c = {name: table.column(name).to_numpy(zero_copy_only=False) for name in SUMMARY_COLUMNS}
     c["feature"] = row_labels(table)
+    inputs = table.column("input").to_pylist() if "input" in table.column_names else None  # several model inputs
+    width = max([12, *(len(name) for name in inputs or [])])
+    names = max([12, *(len(name) for name in c["feature"])]) if inputs else 12
     level = f"{confidence:.0%}"
-    header = f"{'rank':>4}  {'feature':<12} {'mean':>9} {'std':>9}  {level + ' t-interval':>21}  {level + ' bootstrap':>21}"
+    header = (f"{'rank':>4}  {'feature':<{names}} " + (f"{'input':<{width}} " if inputs else "")
+              + f"{'mean':>9} {'std':>9}  {level + ' t-interval':>21}  {level + ' bootstrap':>21}")
     lines = [header, "-" * len(header)]
     for i in np.argsort(c["rank"], kind="stable"):
         lines.append(
-            f"{c['rank'][i]:>4}  {c['feature'][i]:<12} {c['mean'][i]:>9.4f} {c['std'][i]:>9.4f}"
-            f"  [{c['t_low'][i]:>8.4f}, {c['t_high'][i]:>8.4f}]  [{c['bootstrap_low'][i]:>8.4f}, {c['bootstrap_high'][i]:>8.4f}]"
+            f"{c['rank'][i]:>4}  {c['feature'][i]:<{names}} " + (f"{inputs[i]:<{width}} " if inputs else "")
+            + f"{c['mean'][i]:>9.4f} {c['std'][i]:>9.4f}"
+            f"  [{c['t_low'][i]:>8.4f}, {c['t_high'][i]:>8.4f}]"
+            f"  [{c['bootstrap_low'][i]:>8.4f}, {c['bootstrap_high'][i]:>8.4f}]"
         )
     return "\n".join(lines)
 

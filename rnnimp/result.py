@@ -20,6 +20,12 @@ class ImportanceResult:
     a time-step map; ``effects[f, r]`` is the effect of perturbing target f
     with repeat r's draws. With adaptive repeats, repeats a target did not
     need are NaN. Targets are the features, then the groups.
+
+    ``cells`` lists the (target, step) pairs of a time-step map that were
+    run, in summary order; step None for a target of static features, whose
+    effects sit at step 0 of ``effects`` (its other steps, and steps beyond
+    a shorter input's length, are NaN). ``target_inputs``: with several model
+    inputs, the input(s) of each target's features (comma-separated).
     """
 
     target_names: list[str]
@@ -29,37 +35,56 @@ class ImportanceResult:
     confidence: float
     metadata: dict[str, Any] = field(default_factory=dict)
     checkpoint: Checkpoint | None = None
+    cells: list[tuple[int, int | None]] | None = None
+    target_inputs: list[str] | None = None
 
     @property
     def per_step(self) -> bool:
         return self.effects.ndim == 3
 
+    def _row_cells(self) -> list[tuple[int, int | None]]:
+        """(target, step) of each summary row."""
+        if self.cells is not None:
+            return list(self.cells)
+        n_steps = self.effects.shape[1] if self.per_step else 1
+        return [(t, s if self.per_step else None) for t in range(len(self.target_names)) for s in range(n_steps)]
+
+    def _grid(self, values: np.ndarray) -> np.ndarray:
+        """Summary-row ``values`` placed in the (targets[, steps]) grid of ``effects``, NaN elsewhere."""
+        grid = np.full(self.effects.shape[:-1], np.nan)
+        for (target, step), value in zip(self._row_cells(), values):
+            grid[(target, step or 0) if self.per_step else target] = value
+        return grid
+
     @property
     def importances_mean(self) -> np.ndarray:
-        return self.summary.mean.reshape(self.effects.shape[:-1])
+        return self._grid(self.summary.mean)
 
     @property
     def importances_std(self) -> np.ndarray:
-        return self.summary.std.reshape(self.effects.shape[:-1])
+        return self._grid(self.summary.std)
 
     def _cells(self) -> dict[str, pa.Array]:
-        """Columns naming each summary row: target index, name, features, and step."""
-        n_targets = len(self.target_names)
-        n_steps = self.effects.shape[1] if self.per_step else 1
-        index = np.repeat(np.arange(n_targets), n_steps)
+        """Columns naming each summary row: target index, name, input, features, and step."""
+        cells = self._row_cells()
+        index = np.array([t for t, _ in cells], dtype=np.int64)
         columns = {
             "feature_index": pa.array(index, pa.int32()),
             "feature": pa.array([self.target_names[i] for i in index], pa.string()),
-            "features": pa.array([self.target_features[i] for i in index], pa.list_(pa.string())),
         }
+        if self.target_inputs is not None:
+            columns["input"] = pa.array([self.target_inputs[i] for i in index], pa.string())
+        columns["features"] = pa.array([self.target_features[i] for i in index], pa.list_(pa.string()))
         if self.per_step:
-            columns["step"] = pa.array(np.tile(np.arange(n_steps), n_targets), pa.int32())
+            columns["step"] = pa.array([s for _, s in cells], pa.int32())
         return columns
 
     def effects_table(self) -> pa.Table:
         """One row per (target[, step], repeat) that was run."""
         cells = self._cells()
-        flat = self.effects.reshape(-1, self.effects.shape[-1])
+        n_steps = self.effects.shape[1] if self.per_step else 1
+        rows = [t * n_steps + (s or 0) for t, s in self._row_cells()]
+        flat = self.effects.reshape(-1, self.effects.shape[-1])[rows]
         cell_index, repeat = np.nonzero(np.isfinite(flat))
         columns = {name: column.take(pa.array(cell_index)) for name, column in cells.items()}
         first_repeat = self.metadata.get("configuration", {}).get("first_repeat", 0)
@@ -114,7 +139,9 @@ class ImportanceResult:
 
         label = self.axis_label()
         if self.per_step:
-            return plots.png_bytes(plots.heatmap_figure(self.importances_mean, self.target_names, label=label))
+            mapped = sorted({t for t, step in self._row_cells() if step is not None})  # static features: no map
+            return plots.png_bytes(plots.heatmap_figure(self.importances_mean[mapped],
+                                                        [self.target_names[t] for t in mapped], label=label))
         s = self.summary
         level = f"{self.confidence:.0%} t-interval"
         return plots.png_bytes(plots.effects_figure(

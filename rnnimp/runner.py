@@ -60,10 +60,14 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def data_fingerprint(sample: np.ndarray, labels: np.ndarray | None) -> str:
-    """SHA-256 of the sample's shape and bytes (and the labels')."""
-    digest = hashlib.sha256(str(sample.shape).encode())
-    digest.update(memoryview(sample).cast("B"))
+def data_fingerprint(sample, labels: np.ndarray | None) -> str:
+    """SHA-256 of the sample's shape and bytes, one array or one per model input (and the labels')."""
+    arrays = list(sample) if isinstance(sample, (tuple, list)) else [sample]
+    digest = hashlib.sha256(str(arrays[0].shape).encode())
+    for index, array in enumerate(arrays):
+        if index:
+            digest.update(str(array.shape).encode())
+        digest.update(memoryview(array).cast("B"))
     if labels is not None:
         digest.update(memoryview(np.ascontiguousarray(labels)).cast("B"))
     return digest.hexdigest()
@@ -129,14 +133,14 @@ def _run(model, request: Request, runner: Executor, progress: bool, checkpoint: 
                                     f"shape {request.labels.shape}")
 
     sums: dict[tuple[int, int, int], list[np.ndarray]] = defaultdict(list)
-    cells = [(t, -1 if s is None else s) for t in range(len(request.targets)) for s in request.steps]
+    cells = [(t, -1 if s is None else s) for t, s in request.cells]
     active = set(cells)
     done_repeats, wave, n_units, from_checkpoint = 0, o.n_repeats, 0, 0
     met = np.zeros(len(cells), dtype=bool)
     while active and wave > 0:
         repeats = range(o.first_repeat + done_repeats, o.first_repeat + done_repeats + wave)
         units = [u for u in plan_units(o.random_state, request.targets, repeats, settings.layout.shards,
-                                       request.steps, o.resample)
+                                       resample=o.resample, target_steps=request.steps)
                  if (u.target, -1 if u.step is None else u.step) in active]
         n_units += len(units)
         todo = []
@@ -187,12 +191,18 @@ def _run(model, request: Request, runner: Executor, progress: bool, checkpoint: 
             run_metadata[key] = {**run_metadata[key], **value}
         else:
             run_metadata[key] = value
-    n_targets, time_steps = len(request.targets), request.sample.shape[1]
-    shape = (n_targets, time_steps, done_repeats) if o.per_step else (n_targets, done_repeats)
+    n_targets = len(request.targets)
+    if o.per_step:  # static targets at step 0, steps beyond a shorter input NaN
+        grid = np.full((n_targets, request.inputs.max_time_steps or 1, done_repeats), np.nan)
+        for row, (target, step) in enumerate(request.cells):
+            grid[target, step or 0] = effects[row]
+    else:
+        grid = effects.reshape(n_targets, done_repeats)
     names = request.feature_names
     return ImportanceResult(
         [t.name for t in request.targets], [[names[i] for i in t.features] for t in request.targets],
-        effects.reshape(shape), summary, o.confidence, run_metadata, store)
+        grid, summary, o.confidence, run_metadata, store,
+        cells=request.cells if o.per_step else None, target_inputs=request.target_inputs())
 
 
 def _effects_matrix(sums, cells, first_repeat: int, n_repeats: int, metric: Metric) -> np.ndarray:

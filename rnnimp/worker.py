@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .forward import model_forward
-from .method import Layout, Metric, Shard, ShardEvaluator, Unit
+from .forward import model_forward, output_masked
+from .inputs import InputLayout
+from .method import Layout, Metric, Shard, ShardEvaluator, Unit, as_inputs
 from .modelio import ModelSpec
 from .perturb import Perturbation
 
@@ -29,14 +30,16 @@ class Settings:
     perturbation: Perturbation
     metric: Metric
     jit_compile: bool = True
+    inputs: InputLayout | None = None  # None: one sequence input, no mask
 
 
 @dataclass(frozen=True)
 class EvaluationJob:
-    """A run's data: ``sample`` (series, time, features) float32, ``labels`` (series, outputs) or None."""
+    """A run's data: ``sample``, one float32 array per model input (or one (series, time, features)
+    array), ``labels`` (series, outputs) or None."""
 
     model: ModelSpec
-    sample: np.ndarray
+    sample: np.ndarray | tuple[np.ndarray, ...]
     labels: np.ndarray | None
     settings: Settings
 
@@ -64,48 +67,66 @@ class _CachedEvaluator:
 _EVALUATORS: dict[tuple, _CachedEvaluator] = {}
 
 
-def _cached(architecture_json: str, batch_size: int, time_steps: int, n_features: int,
-            jit_compile: bool) -> _CachedEvaluator:
-    """This process's evaluator for an architecture and batch shape, built and compiled once."""
-    key = (hashlib.sha256(architecture_json.encode()).hexdigest(), batch_size, time_steps, n_features, jit_compile)
+InputShapes = tuple[tuple[int, ...], ...]  # per model input, the shape of one series' data
+
+
+def _cached(architecture_json: str, batch_size: int, input_shapes: InputShapes, jit_compile: bool) -> _CachedEvaluator:
+    """This process's evaluator for an architecture and batch shapes, built and compiled once."""
+    shapes = tuple(tuple(int(d) for d in shape) for shape in input_shapes)
+    key = (hashlib.sha256(architecture_json.encode()).hexdigest(), batch_size, shapes, jit_compile)
     if key not in _EVALUATORS:
         import keras
 
         model = keras.models.model_from_json(architecture_json)
-        evaluator = ShardEvaluator(model_forward(model, jit_compile), batch_size, time_steps, n_features)
+        evaluator = ShardEvaluator(model_forward(model, jit_compile), batch_size,
+                                   inputs=InputLayout(tuple(f"input_{i}" for i in range(len(shapes))), shapes),
+                                   output_mask=output_masked(model))
         evaluator.compile()
         _EVALUATORS[key] = _CachedEvaluator(model, evaluator, None)
     return _EVALUATORS[key]
 
 
-def warm_up(architecture_json: str, batch_size: int, time_steps: int, n_features: int,
-            jit_compile: bool) -> None:
-    """Build and compile the forward pass for an architecture before its weights are known."""
-    _cached(architecture_json, batch_size, time_steps, n_features, jit_compile)
+def warm_up(architecture_json: str, batch_size: int, input_shapes: InputShapes, jit_compile: bool) -> None:
+    """Build and compile the forward pass for an architecture before its weights are known.
+
+    ``input_shapes``: per model input, (time, features) or (features,).
+    """
+    _cached(architecture_json, batch_size, input_shapes, jit_compile)
 
 
-def evaluator_for(model: ModelSpec, settings: Settings, sample_shape: tuple[int, ...]) -> ShardEvaluator:
-    """This process's evaluator for ``model`` at the layout's batch size, holding its weights."""
-    cached = _cached(model.architecture_json, settings.layout.batch_size, sample_shape[1], sample_shape[2],
-                     settings.jit_compile)
+def input_shapes(sample) -> InputShapes:
+    """The per-series shape of each input of a sample (one array per input, or one array)."""
+    return tuple(tuple(array.shape[1:]) for array in as_inputs(sample))
+
+
+def evaluator_for(model: ModelSpec, settings: Settings, sample) -> ShardEvaluator:
+    """This process's evaluator for ``model`` and ``sample``'s shapes at the layout's batch size.
+
+    It holds the model's weights and the run's input layout (masks).
+    """
+    layout = settings.inputs
+    if layout is None:
+        layout = InputLayout.single(*input_shapes(sample)[0])
+    cached = _cached(model.architecture_json, settings.layout.batch_size, layout.shapes, settings.jit_compile)
     if cached.fingerprint != model.fingerprint:
         cached.model.set_weights(list(model.weights))
         cached.fingerprint = model.fingerprint
+    cached.evaluator.inputs = layout
     return cached.evaluator
 
 
-def predict_shard(model: ModelSpec, sample: np.ndarray, settings: Settings, shard: Shard) -> np.ndarray:
-    """Unperturbed predictions of one shard: float32 (shard rows, outputs)."""
-    return evaluator_for(model, settings, sample.shape).predict(sample, shard)
+def predict_shard(model: ModelSpec, sample, settings: Settings, shard: Shard) -> np.ndarray:
+    """Unperturbed predictions of one shard: float32 (shard rows, outputs); NaN at masked outputs."""
+    return evaluator_for(model, settings, sample).predict(sample, shard)
 
 
-def unit_sums(model: ModelSpec, sample: np.ndarray, baseline: np.ndarray, labels: np.ndarray | None,
+def unit_sums(model: ModelSpec, sample, baseline: np.ndarray, labels: np.ndarray | None,
               settings: Settings, unit: Unit) -> np.ndarray:
     """Per-batch weighted sums and counts of one unit: float64 (batches, 2).
 
     ``baseline``: the unperturbed predictions of the unit's shard (shard rows, outputs).
     """
-    evaluator = evaluator_for(model, settings, sample.shape)
+    evaluator = evaluator_for(model, settings, sample)
     return evaluator.unit_sums(sample, baseline, labels, unit, settings.perturbation, settings.metric)
 
 

@@ -114,7 +114,7 @@ def test_workers_killed_in_every_phase_change_nothing(monkeypatch, capfd, caplog
     try:
         killer.start()
         executor = distributed.RayExecutor()
-        executor.warm_up(architecture(model), OPTIONS["batch_size"], sample.shape[1], sample.shape[2])
+        executor.warm_up(architecture(model), OPTIONS["batch_size"], ((sample.shape[1], sample.shape[2]),))
         disturbed = sensitivity_importance(model, sample, executor=executor, **OPTIONS)
         replaced = executor.pool.replaced
         executor.shutdown()

@@ -125,10 +125,11 @@ def without(table: pa.Table, series, time) -> pa.Table:
 @pytest.mark.parametrize(
     "table, message",
     [
-        (without(grid(), 1, 2), "must have the same time steps in every series, got "
+        (without(grid(), 1, 2), "must have the same time steps in every series (or give --mask-value to pad series of "
+         "different lengths), got "
          "'series 1 has no row at time 2, which 1 of 2 series have (1 steps missing in all)'"),
-        (pa.concat_tables([grid(), grid(ids=(1,), times=(3,))]), "must have the same time steps in every series, "
-         "got 'series 0 has no row at time 3, which 1 of 2 series have (1 steps missing in all)'"),
+        (pa.concat_tables([grid(), grid(ids=(1,), times=(3,))]), "must have the same time steps in every series (or give --mask-value to pad series of "
+         "different lengths), got 'series 0 has no row at time 3, which 1 of 2 series have (1 steps missing in all)'"),
         (pa.concat_tables([grid(), grid().slice(4, 1)]),
          "must have one row per (series, time), got 'series 1 has 2 rows at time 1 (1 repeated rows in all)'"),
         (grid().append_column("label", pa.array(list("abcdef"))), "column 'label' must be numeric, got 'string'"),

@@ -20,11 +20,11 @@ def test_warm_up_with_a_fresh_build_compiles_what_the_trained_model_uses():
     from rnnimp.modelio import ModelSpec, architecture
 
     assert architecture(reference.build_model(0)) == architecture(reference.build_model(1))
-    worker.warm_up(architecture(reference.build_model(0)), 64, reference.TIME_STEPS, reference.N_FEATURES, True)
+    worker.warm_up(architecture(reference.build_model(0)), 64, ((reference.TIME_STEPS, reference.N_FEATURES),), True)
     compiled = dict(worker._EVALUATORS)
     trained = reference.build_model(2)
     request = prepare(trained, reference.evaluation_sample(0, 64), options=Options(batch_size=64, shard_size=64))
-    worker.evaluator_for(ModelSpec.from_model(trained), request.settings, request.sample.shape)
+    worker.evaluator_for(ModelSpec.from_model(trained), request.settings, request.sample)
     assert worker._EVALUATORS.keys() == compiled.keys()
 
 
