@@ -58,7 +58,6 @@ def load_series(
 
 
 SEQUENCE, STATIC = "sequence", "static"
-_distinct_names = validation.distinct_names  # still imported by rnnimp.dataset (main lost it in the split)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import validation
-from .data import ID_KINDS, TIME_KINDS, _distinct_names, _long_to_array, _sorted_codes
+from .data import ID_KINDS, TIME_KINDS, _long_to_array, _sorted_codes
 from .errors import InvalidParameterError
 from .method import Shard
 from .output import resolve
@@ -590,8 +590,9 @@ def write_dataset(
     """
     array = validation.series_array("series", series)
     n_series, n_time, n_features = array.shape
-    names = _distinct_names("feature_names", [str(n) for n in (feature_names or [f"x{j}" for j in range(n_features)])],
-                            n_features, feature_names)
+    default_names = [f"x{j}" for j in range(n_features)]
+    names = validation.distinct_names("feature_names", [str(n) for n in (feature_names or default_names)],
+                                      n_features, feature_names)
     if {series_column, time_column} & set(names):
         raise InvalidParameterError("feature_names", "must differ from the series and time columns", names)
     if not (isinstance(series_per_file, (int, np.integer)) and series_per_file >= 1):
