@@ -238,23 +238,25 @@ def keras_forward(model, jit_compile: bool = False) -> Callable[[np.ndarray], np
 
 
 def forward_kind(model, jit_compile: bool) -> str:
-    """Which forward pass :func:`model_forward` uses for ``model``: fused-lstm, keras-xla or keras."""
-    from .lstm import fusable
+    """Which forward pass :func:`model_forward` uses for ``model``: keras-xla, keras or a fused one.
 
-    if jit_compile and fusable(model):
-        return "fused-lstm"
-    return "keras-xla" if jit_compile else "keras"
+    The fused ones are named by :func:`rnnimp.lstm.fused_kind` (fused-lstm, fused-rnn, fused-rnn-masked).
+    """
+    from .lstm import fused_kind
+
+    kind = fused_kind(model) if jit_compile else None
+    return kind or ("keras-xla" if jit_compile else "keras")
 
 
 def model_forward(model, jit_compile: bool = True) -> Callable[[np.ndarray], np.ndarray]:
     """The fastest faithful forward pass: (batch, time, features) float32 -> (batch, outputs).
 
-    With ``jit_compile``, stacks of LSTM layers run as rnnimp's fused XLA
+    With ``jit_compile``, chains of recurrent layers run as rnnimp's fused XLA
     program (:mod:`rnnimp.lstm`), other models as ``model(x)`` under XLA;
     without it, always ``model(x)`` in a plain ``tf.function``.
     """
     from .lstm import fused_forward
 
-    if forward_kind(model, jit_compile) == "fused-lstm":
+    if forward_kind(model, jit_compile).startswith("fused"):
         return fused_forward(model)
     return keras_forward(model, jit_compile)
