@@ -196,8 +196,17 @@ def _value(variable):
     return tf.convert_to_tensor(variable.value)
 
 
+# The cells below take one step on (features, batch), batch last: ``step(x, state, keep) -> (h, state)``,
+# ``state`` None before the first step (zeros: its recurrent terms are skipped), ``keep`` None without a
+# mask, else a (1, batch) bool, False where the step is masked. A masked step must leave h and the state
+# exactly as they were (Keras selects the old ones); rather than selecting after the step, which makes XLA
+# split and recompute the step's fusions, the gates are set so that the update is the identity: a forget
+# or update gate of 1 and an input gate of 0 (so c_old·1 + 0·candidate = c_old and h_old·1 + 0·hh = h_old,
+# exact for a finite candidate), and the LSTM keeps its output gate, so h = o·act(c) comes out the same.
+
+
 def _lstm_cell(cell):
-    """Keras' LSTM cell, batch last: (x (features, batch), state ((units, batch) × 2) or None) -> (h, state)."""
+    """Keras' LSTM cell (gates i, f, c, o): state (h, c), with a mask (h, c, output gate)."""
     import tensorflow as tf
 
     kernel_t = tf.transpose(_value(cell.kernel))  # (4 units, features)
@@ -205,27 +214,35 @@ def _lstm_cell(cell):
     bias = None if cell.bias is None else _value(cell.bias)[:, None]
     activation, gate = cell.activation, cell.recurrent_activation
 
-    def step(x, state):
+    def step(x, state, keep):
         z = tf.matmul(kernel_t, x)
         if state is not None:
             z = z + tf.matmul(recurrent_t, state[0])
         if bias is not None:
             z = z + bias
         i, f, g, o = tf.split(z, 4, axis=0)
-        candidate = gate(i) * activation(g)
-        c = candidate if state is None else gate(f) * state[1] + candidate
-        h = gate(o) * activation(c)
-        return h, (h, c)
+        i, o = gate(i), gate(o)
+        if keep is not None:
+            i = tf.where(keep, i, 0.0)
+            o = tf.where(keep, o, 0.0 if state is None else state[2])
+        candidate = i * activation(g)
+        if state is None:
+            c = candidate
+        else:
+            f = gate(f) if keep is None else tf.where(keep, gate(f), 1.0)
+            c = f * state[1] + candidate
+        h = o * activation(c)
+        return h, ((h, c) if keep is None else (h, c, o))
 
     return step
 
 
 def _gru_cell(cell):
-    """Keras' GRU cell (either ``reset_after``), batch last: (x, state ((units, batch),) or None) -> (h, state)."""
+    """Keras' GRU cell (gates z, r, h; either ``reset_after``): state (h,)."""
     import tensorflow as tf
 
     units = cell.units
-    kernel_t = tf.transpose(_value(cell.kernel))  # (3 units, features), gates z, r, h
+    kernel_t = tf.transpose(_value(cell.kernel))  # (3 units, features)
     recurrent_t = tf.transpose(_value(cell.recurrent_kernel))  # (3 units, units)
     input_bias = recurrent_bias = None
     if cell.bias is not None:
@@ -236,7 +253,7 @@ def _gru_cell(cell):
             input_bias = bias[:, None]
     activation, gate = cell.activation, cell.recurrent_activation
 
-    def step(x, state):
+    def step(x, state, keep):
         projected = tf.matmul(kernel_t, x)
         if input_bias is not None:
             projected = projected + input_bias
@@ -258,6 +275,8 @@ def _gru_cell(cell):
             r_z, r_r = tf.split(tf.matmul(recurrent_t[:2 * units], h_prev), 2, axis=0)
             z, r = gate(x_z + r_z), gate(x_r + r_r)
             hh = activation(x_h + tf.matmul(recurrent_t[2 * units:], r * h_prev))
+        if keep is not None:
+            z = tf.where(keep, z, 1.0)
         h = (1 - z) * hh if h_prev is None else z * h_prev + (1 - z) * hh
         return h, (h,)
 
@@ -265,20 +284,22 @@ def _gru_cell(cell):
 
 
 def _simple_rnn_cell(cell):
-    """Keras' SimpleRNN cell, batch last: (x, state ((units, batch),) or None) -> (h, state)."""
+    """Keras' SimpleRNN cell: state (h,)."""
     import tensorflow as tf
 
     kernel_t = tf.transpose(_value(cell.kernel))  # (units, features)
     recurrent_t = tf.transpose(_value(cell.recurrent_kernel))  # (units, units)
     bias = None if cell.bias is None else _value(cell.bias)[:, None]
 
-    def step(x, state):
+    def step(x, state, keep):
         h = tf.matmul(kernel_t, x)
         if bias is not None:
             h = h + bias
         if state is not None:
             h = h + tf.matmul(recurrent_t, state[0])
         h = cell.activation(h)
+        if keep is not None:
+            h = tf.where(keep, h, 0.0 if state is None else state[0])
         return h, (h,)
 
     return step
@@ -292,7 +313,9 @@ def _recurrent(layer, sequence, mask):
 
     Returns (time, units, batch) in the order the steps were processed
     (reversed with ``go_backwards``, as Keras does) if the layer returns
-    sequences, else (units, batch) of the last processed step.
+    sequences, else (units, batch) of the last processed step. A masked
+    step outputs the last unmasked step's output (zeros before it), or
+    zeros with ``zero_output_for_mask``.
     """
     import tensorflow as tf
 
@@ -300,18 +323,13 @@ def _recurrent(layer, sequence, mask):
     order = range(sequence.shape[0])
     if layer.go_backwards:
         order = reversed(order)
-    state = output = None
+    state = None
     outputs = []
     for time in order:
-        new_output, new_state = step(sequence[time], state)
-        if mask is None:
-            output, state = new_output, new_state
-        else:
-            keep = mask[time][None, :]  # (1, batch): True where the step counts
-            state = tuple(tf.where(keep, new, 0.0 if old is None else old)
-                          for new, old in zip(new_state, state or (None,) * len(new_state)))
-            held = 0.0 if layer.zero_output_for_mask or output is None else output
-            output = tf.where(keep, new_output, held)
+        keep = None if mask is None else mask[time][None, :]
+        output, state = step(sequence[time], state, keep)
+        if keep is not None and layer.zero_output_for_mask:
+            output = tf.where(keep, output, 0.0)
         outputs.append(output)
     return tf.stack(outputs) if layer.return_sequences else outputs[-1]
 

@@ -180,10 +180,11 @@ def test_masking_with_a_mask_value_and_no_padding():
     assert_matches_keras(model, series(100))  # nothing masked
 
 
-def test_masked_steps_carry_the_state_and_output_over():
-    """Keras 3.15's semantics, checked directly: a plain layer repeats its last output at masked steps
-    (zeros before the first unmasked one); a layer in Bidirectional returning sequences outputs zeros."""
-    model = randomize(sequential(L.Masking(), L.SimpleRNN(3, return_sequences=True), time_steps=5, features=2), 1)
+@pytest.mark.parametrize("cell", [L.SimpleRNN, L.GRU, L.LSTM], ids=["simple-rnn", "gru", "lstm"])
+def test_masked_steps_carry_the_state_and_output_over(cell):
+    """Keras 3.15's semantics, checked directly: a plain layer repeats its last output exactly at masked
+    steps (zeros before the first unmasked one); a layer in Bidirectional returning sequences outputs zeros."""
+    model = randomize(sequential(L.Masking(), cell(3, return_sequences=True), time_steps=5, features=2), 1)
     batch = series(2, 5, 2)
     batch[0, 3:] = 0.0
     batch[1, :2] = 0.0
@@ -191,9 +192,10 @@ def test_masked_steps_carry_the_state_and_output_over():
     np.testing.assert_array_equal(out[0, 3], out[0, 2])
     np.testing.assert_array_equal(out[0, 4], out[0, 2])
     np.testing.assert_array_equal(out[1, :2], 0.0)
-    unmasked = fused_forward(randomize(sequential(L.SimpleRNN(3), time_steps=3, features=2), 1))(batch[1:, 2:])
+    assert np.all(out[1, 2:] != 0.0)
+    unmasked = fused_forward(randomize(sequential(cell(3), time_steps=3, features=2), 1))(batch[1:, 2:])
     np.testing.assert_allclose(out[1, 4], unmasked[0], rtol=1e-6, atol=1e-6)  # the padding never happened
-    bidirectional = randomize(sequential(L.Masking(), L.Bidirectional(L.SimpleRNN(3, return_sequences=True)),
+    bidirectional = randomize(sequential(L.Masking(), L.Bidirectional(cell(3, return_sequences=True)),
                                          time_steps=5, features=2), 1)
     out = fused_forward(bidirectional)(batch).reshape(2, 5, 6)
     np.testing.assert_array_equal(out[0, 3:], 0.0)
