@@ -31,7 +31,9 @@ anything else and the caller falls back to ``model(x)``):
   inference) are fine;
 * Dense layers are neither quantized nor LoRA-enabled.
 
-Masking follows Keras 3 exactly: a ``Masking`` layer zeroes the steps whose
+Masking follows Keras 3 exactly (for finite values: a masked step sets the
+gates so that the update is the identity, and an infinite candidate would
+turn into NaN where Keras keeps the state): a ``Masking`` layer zeroes the steps whose
 features all equal its ``mask_value`` and masks them; Dense and Dropout pass
 the mask on; a recurrent layer keeps its state over a masked step and
 outputs its previous output there (zeros before the first unmasked step),
@@ -371,11 +373,17 @@ def _dense(layer, tensor):
 
 
 def _masking(layer, tensor):
-    """Keras' Masking on (time, features, batch): the zeroed tensor and its (time, batch) mask."""
+    """Keras' Masking, batch last: the zeroed tensor and its mask, (time, batch) from (time, features, batch).
+
+    On (features, batch) (after a layer that returned its last output) it
+    zeroes the series whose features all equal ``mask_value``, as Keras
+    does; no recurrent layer can follow to use that mask.
+    """
     import tensorflow as tf
 
-    mask = tf.reduce_any(tf.not_equal(tensor, layer.mask_value), axis=1)
-    return tf.where(mask[:, None, :], tensor, 0.0), mask
+    features = tensor.shape.rank - 2
+    mask = tf.reduce_any(tf.not_equal(tensor, layer.mask_value), axis=features)
+    return tf.where(tf.expand_dims(mask, features), tensor, 0.0), mask
 
 
 def _flatten(tensor):

@@ -166,6 +166,7 @@ MASKED_CHAINS = {
     "bidirectional-sum-sequences-out": lambda: [
         L.Masking(), L.Bidirectional(L.SimpleRNN(3, return_sequences=True), merge_mode="sum")],
     "dense-before-masking": lambda: [L.Dense(4), L.Masking(mask_value=0.0), L.LSTM(3)],
+    "masking-last-outputs": lambda: [L.Masking(), L.SimpleRNN(2, activation="relu"), L.Masking(), L.Dense(2)],
 }
 
 
