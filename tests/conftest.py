@@ -30,7 +30,16 @@ def linear_lstm_free_model(weights_per_feature: list[float], time_steps: int = 4
 
 @pytest.fixture(scope="session")
 def reference_training():
-    """The reference LSTM trained on its full schedule (about 15 s with XLA)."""
+    """The reference LSTM trained on its full schedule (about 15 s with XLA), once per test run."""
     from rnnimp import reference
 
     return reference.train_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def reference_model_file(reference_training, tmp_path_factory):
+    """The session's trained reference LSTM as a ``model.keras`` file, for jobs run with ``--model``
+    instead of training their own."""
+    path = tmp_path_factory.mktemp("reference_model") / "model.keras"
+    reference_training.model.save(path)
+    return path
