@@ -348,7 +348,7 @@ def format_targets(f: dict) -> str:
         measured = "skipped" if row["measured"] is None else f"{row['measured']:.3g}"
         verdict = "" if row["met"] is None else ("met" if row["met"] else "NOT met")
         if row["measured"] is None and "forward speed-up" in row["name"]:
-            measured = "n/a (not supported yet)"
+            measured, verdict = "n/a", "n/a (not supported yet)"
         lines.append(f"  {row['name']:<100} {measured:>9} {row['target']:>8}  {verdict}")
     return "\n".join(lines)
 
@@ -361,7 +361,7 @@ def format_table(f: dict, passes: int, plain_passes: int) -> str:
          passes * steps / f["keras_all_threads_steps_per_s"], f["keras_all_threads_steps_per_s"]),
         ("(b) model(x) forward limit (tf.function, XLA), one thread",
          passes * steps / f["keras_one_thread_steps_per_s"], f["keras_one_thread_steps_per_s"]),
-        (f"(b) plain TF: tf.function(model(x)), one thread, best = {best.replace('_', ' batch, ')}",
+        (f"(b) plain TF, tf.function(model(x)), one thread, best: {best.replace('_', ' ')}",
          passes * steps / f["plain_tf_one_thread_steps_per_s"], f["plain_tf_one_thread_steps_per_s"]),
         (f"(b) rnnimp's forward ({f['forward']}) limit, all threads", passes * steps / f["all_threads_steps_per_s"],
          f["all_threads_steps_per_s"]),
@@ -375,10 +375,10 @@ def format_table(f: dict, passes: int, plain_passes: int) -> str:
     plain = f["plain_steps_per_s"]
     lines = [f"{f['samples']} series x {f['time_steps']} steps, {f['features']} features x {f['repeats']} repeats"
              f" = {passes} perturbed passes (walls of (b) scaled to {passes} passes)",
-             f"{'':<70} {'wall s':>9} {'Msteps/s':>9} {'vs (a)':>8}"]
+             f"{'':<74} {'wall s':>9} {'Msteps/s':>9} {'vs (a)':>8}"]
     for name, seconds, rate in rows:
         versus = f"{rate / plain:>7.1f}x" if plain else f"{'':>8}"
-        lines.append(f"{name:<70} {seconds:>9.2f} {rate / 1e6:>9.2f} {versus}")
+        lines.append(f"{name:<74} {seconds:>9.2f} {rate / 1e6:>9.2f} {versus}")
     lines.append("plain TF, one thread, seconds per pass: " + ", ".join(
         f"{key.replace('_', ' ')} {seconds:.3f}" for key, seconds in f["plain_tf_one_thread_s"].items()))
     lines += [

@@ -181,15 +181,21 @@ def _predictions(outputs) -> np.ndarray:
     return np.asarray(outputs[0] if isinstance(outputs, tuple) else outputs)
 
 
-def forward_seconds(forward, batches: list, passes: int = 5) -> tuple[float, np.ndarray]:
-    """(best seconds per pass over ``batches``, the predictions (series, outputs)); one untimed pass compiles."""
-    predictions = np.concatenate([_predictions(forward(batch)) for batch in batches])
-    best = float("inf")
-    for _ in range(passes):
-        started = time.perf_counter()
-        for batch in batches:
-            _predictions(forward(batch))
-        best = min(best, time.perf_counter() - started)
+def interleaved_seconds(forwards: list, batches: list, rounds: int = 5) -> tuple[list[float], list[np.ndarray]]:
+    """Best seconds per pass over ``batches`` of each forward, and its predictions (series, outputs).
+
+    One untimed pass each compiles; then ``rounds`` rounds time one pass of
+    each forward in turn, so that a slow moment of a shared machine does not
+    fall on one of them only.
+    """
+    predictions = [np.concatenate([_predictions(forward(batch)) for batch in batches]) for forward in forwards]
+    best = [float("inf")] * len(forwards)
+    for _ in range(rounds):
+        for index, forward in enumerate(forwards):
+            started = time.perf_counter()
+            for batch in batches:
+                _predictions(forward(batch))
+            best[index] = min(best[index], time.perf_counter() - started)
     return best, predictions
 
 
@@ -215,16 +221,19 @@ def forward_speedup(model, inputs: list[np.ndarray], batch_size: int) -> dict:
     from rnnimp.forward import forward_kind, model_forward
 
     batches = _batches(inputs, batch_size)
-    keras_s, expected = forward_seconds(xla_model_call(model), batches)
-    figures = {"forward": forward_kind(model, jit_compile=True), "keras_xla_s": keras_s,
+    reference = xla_model_call(model)
+    figures = {"forward": forward_kind(model, jit_compile=True), "keras_xla_s": None,
                "rnnimp_s": None, "speedup": None, "max_abs_diff": None}
     try:
-        rnnimp_s, predictions = forward_seconds(model_forward(model, jit_compile=True), batches)
+        forward = model_forward(model, jit_compile=True)
+        _predictions(forward(batches[0]))
     except Exception as error:  # noqa: BLE001 - a model kind rnnimp does not take yet is a result, not a failure
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         figures["error"] = f"{type(error).__name__}: {lines[-1][:200] if lines else ''}"
+        (figures["keras_xla_s"],), _ = interleaved_seconds([reference], batches)
         return figures
-    figures.update(rnnimp_s=rnnimp_s, speedup=keras_s / rnnimp_s,
+    (keras_s, rnnimp_s), (expected, predictions) = interleaved_seconds([reference, forward], batches)
+    figures.update(keras_xla_s=keras_s, rnnimp_s=rnnimp_s, speedup=keras_s / rnnimp_s,
                    max_abs_diff=float(np.max(np.abs(predictions - expected))))
     return figures
 
