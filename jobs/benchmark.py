@@ -408,12 +408,12 @@ def format_table(f: dict, passes: int, plain_passes: int) -> str:
         lines.append(f"  rnnimp's means {', '.join(f'{m:.5f}' for m in f['importance_command_means'])};"
                      f" differences / largest mean {', '.join(f'{d:.2%}' for d in f['means_relative_diffs'])}")
     for name, kind in (f["kinds"] or {}).items():
+        head = f"forward, one thread, {name:<20} [{kind['forward']}]: model(x) XLA {kind['keras_xla_s']:.4f} s"
         if kind["speedup"] is None:
-            lines.append(f"forward, one thread, {name:<20} [{kind['forward']}]: model(x) XLA {kind['keras_xla_s']:.4f} s;"
-                         f" rnnimp n/a (not supported yet: {kind.get('error', '')[:100]})")
+            lines.append(f"{head}; rnnimp n/a (not supported yet: {kind.get('error', '')[:100]})")
         else:
-            lines.append(f"forward, one thread, {name:<20} [{kind['forward']}]: model(x) XLA {kind['keras_xla_s']:.4f} s,"
-                         f" rnnimp {kind['rnnimp_s']:.4f} s, {kind['speedup']:.2f}x, max |diff| {kind['max_abs_diff']:.1e}")
+            lines.append(f"{head}, rnnimp {kind['rnnimp_s']:.4f} s, {kind['speedup']:.2f}x,"
+                         f" max |diff| {kind['max_abs_diff']:.1e}")
     if "train_plain_s" in f:
         lines.append(f"side by side, workers stopped: XLA + 100 steps per call {f['train_fast_idle_s']:.2f} s,"
                      f" loss {f['train_fast_idle_loss']:.4f}; plain fit {f['train_plain_s']:.2f} s,"

@@ -21,7 +21,8 @@ def assert_targets_consistent(figures: dict, table: str) -> None:
         if row["measured"] is None:
             assert row["met"] is None
         else:
-            assert row["met"] == (row["measured"] <= float(bound) if relation == "<=" else row["measured"] >= float(bound))
+            within = row["measured"] <= float(bound) if relation == "<=" else row["measured"] >= float(bound)
+            assert row["met"] == within
             assert ("NOT met" if not row["met"] else "met") in next(
                 line for line in table.splitlines() if line.strip().startswith(row["name"]))
 
