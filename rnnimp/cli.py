@@ -181,14 +181,17 @@ def execute(execution: options.Execution, request: options.Request, job_configur
     where = distributed.connect(execution.num_cpus, execution.connect_timeout)
     sample = request.sample
     try:
+        distributed.check_gpus(execution.gpus_per_worker, "--gpus-per-worker")
         distributed.check_sizes(sample, request.labels, request.settings, architecture_json)
     except RnnimpError:
         distributed.shutdown()
         raise
-    executor = distributed.RayExecutor().warm_up(
+    executor = distributed.RayExecutor(gpus_per_worker=execution.gpus_per_worker).warm_up(
         architecture_json, request.settings.layout.batch_size, sample.shape[1], sample.shape[2])
     timings["start_ray"] = time.perf_counter() - started
-    print(f"rnnimp: running on {where} with {len(executor.actors)} workers; results go to {execution.out}", flush=True)
+    gpus = f" ({execution.gpus_per_worker:g} GPU each)" if execution.gpus_per_worker else ""
+    print(f"rnnimp: running on {where} with {len(executor.actors)} workers{gpus}; results go to {execution.out}",
+          flush=True)
     try:
         started = time.perf_counter()
         model, model_metadata = obtain_model()

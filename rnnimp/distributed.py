@@ -2,7 +2,8 @@
 
 The driver puts the model, the evaluation sample (and labels) and the
 baseline predictions in the object store once and passes their references to
-a pool of actors, one CPU each, that hold a compiled model. A bounded number
+a pool of actors, one CPU each (and, with ``gpus_per_worker``, a share of a
+GPU), that hold a compiled model. A bounded number
 of units is in flight per actor; results are consumed as they finish with
 ``ray.wait``. When an actor dies (its process killed, its node lost), the
 units it held go back to the queue for the other actors and a replacement
@@ -24,7 +25,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
 
-from . import logs, sizes
+from . import logs, sizes, validation
 from .errors import InvalidParameterError, WorkersLostError
 from .method import Unit
 from .method import Shard
@@ -77,9 +78,31 @@ def _drop_worker_death_notices() -> None:
     ray_worker.print_to_stdstream = print_to_stdstream
 
 
-def worker_env() -> dict[str, str]:
-    """Environment of the worker processes: one thread each, and this driver's --verbose choice."""
+GPU_GROWTH_ENV = "TF_FORCE_GPU_ALLOW_GROWTH"  # TF's allocator takes GPU memory as needed, not all at once
+
+
+def worker_env(gpus_per_worker: float | None = None) -> dict[str, str]:
+    """Environment of the worker processes: one TF thread each, the GPUs they see, this driver's --verbose choice.
+
+    A GPU worker gets memory growth (``TF_FORCE_GPU_ALLOW_GROWTH``), so that
+    workers sharing a GPU do not each claim all of it; Ray sets its
+    ``CUDA_VISIBLE_DEVICES`` to the GPUs it granted. A CPU worker gets
+    ``CUDA_VISIBLE_DEVICES=""``: Ray 2.60 leaves that variable alone for an
+    actor that requested no GPU, and TensorFlow would otherwise place every
+    CPU worker's forward pass on the node's first GPU, each claiming its memory.
+
+    One intra-op and one inter-op thread in both cases: the actor holds one
+    CPU, its host-side work (drawing the perturbation, slicing batches) is
+    numpy on one thread anyway, and on a GPU the forward pass is one XLA
+    program whose kernels TF launches from its own GPU stream threads, which
+    these pools do not limit. More threads would only oversubscribe the CPUs
+    shared with the other workers of the node.
+    """
     env = {**WORKER_ENV, logs.VERBOSE_ENV: "1" if logs.verbose() else ""}
+    if gpus_per_worker:
+        env[GPU_GROWTH_ENV] = "true"
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     if not logs.verbose():
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return env
@@ -161,6 +184,40 @@ def shutdown() -> None:
         ray.shutdown()
 
 
+def node_resources() -> list[dict]:
+    """The resources of every live node of the connected cluster."""
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def worker_slots(nodes: list[dict], gpus_per_worker: float | None) -> int:
+    """How many workers of one CPU (and ``gpus_per_worker`` GPUs) the nodes hold at once.
+
+    ``nodes``: each node's resources as Ray reports them ({"CPU": 2.0, "GPU": 1.0, ...}).
+    """
+    if not gpus_per_worker:
+        return int(sum(node.get("CPU", 0) for node in nodes))
+    return sum(min(int(node.get("CPU", 0)), int(node.get("GPU", 0) / gpus_per_worker + 1e-9)) for node in nodes)
+
+
+def check_gpus(gpus_per_worker: float | None, parameter: str = "gpus_per_worker") -> None:
+    """Refuse (InvalidParameterError, before any actor starts) a GPU share no node of the cluster can grant.
+
+    An actor asking for more GPUs than any node has would wait for them forever.
+    """
+    if not gpus_per_worker:
+        return
+    validation.gpu_share(parameter, gpus_per_worker)
+    nodes = node_resources()
+    most = max((node.get("GPU", 0) for node in nodes), default=0)
+    if gpus_per_worker > most + 1e-9:
+        raise InvalidParameterError(
+            parameter, f"must be at most the GPUs of one node of the cluster ({most:g}"
+            f"{'; Ray sees no GPU' if not most else ''})", gpus_per_worker)
+    if worker_slots(nodes, gpus_per_worker) < 1:
+        raise InvalidParameterError(parameter, "leaves no node with both a CPU and that share of a GPU",
+                                    gpus_per_worker)
+
+
 def cluster_capacity() -> sizes.Capacity:
     """The smallest live node's object store and memory per CPU, and the free disk of Ray's temp folder here.
 
@@ -207,13 +264,23 @@ class _EvaluationWorker:
     """Holds one compiled model per architecture for the life of its process."""
 
     def __init__(self) -> None:
-        from .modelio import configure_tensorflow
+        from .modelio import configure_tensorflow, enable_memory_growth
 
         logs.setup()  # rnnimp's warnings as "rnnimp: warning: ..." lines, which Ray streams to the driver
         configure_tensorflow(threads=1)  # imports TF now, overlapping the driver's work
+        self.memory_growth_on = enable_memory_growth()  # before any op touches a GPU
 
     def ready(self) -> int:
         return os.getpid()
+
+    def devices(self) -> dict:
+        """Where this worker computes: Ray's GPU ids for it, what TF sees and where it places ops."""
+        from .modelio import device_report
+
+        return {"gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "gpu_growth_env": os.environ.get(GPU_GROWTH_ENV), "memory_growth_set": self.memory_growth_on,
+                **device_report()}
 
     def warm_up(self, architecture_json, batch_size, time_steps, n_features, jit_compile) -> None:
         warm_up(architecture_json, batch_size, time_steps, n_features, jit_compile)
@@ -275,11 +342,13 @@ class RayBackend:
     and :class:`LostObject` when an input of its task was lost.
     """
 
-    def __init__(self, env_vars: dict[str, str] | None = None) -> None:
-        self.env_vars = worker_env() if env_vars is None else env_vars
+    def __init__(self, env_vars: dict[str, str] | None = None, gpus_per_worker: float | None = None) -> None:
+        self.gpus_per_worker = gpus_per_worker
+        self.env_vars = worker_env(gpus_per_worker) if env_vars is None else env_vars
 
     def start_actor(self):
-        return _EvaluationWorker.options(runtime_env={"env_vars": self.env_vars}).remote()
+        return _EvaluationWorker.options(num_gpus=self.gpus_per_worker or 0,
+                                         runtime_env={"env_vars": self.env_vars}).remote()
 
     def ready(self, actor):
         return actor.ready.remote()
@@ -473,7 +542,13 @@ class ActorPool:
 class RayExecutor:
     """Runs units on a pool of Ray actors, one CPU each.
 
-    ``num_workers`` defaults to the cluster's CPU count. Call :meth:`warm_up`
+    ``gpus_per_worker``: each actor also requests this share of a GPU (a
+    fraction in (0, 1], several actors per GPU, or a whole number), with
+    TensorFlow's memory growth on; TF then places the forward pass on the
+    GPU. A share no node can grant is refused when the executor starts.
+    ``num_workers`` defaults to as many actors as the cluster holds at once:
+    its CPU count, or with GPUs, per node the fewer of its CPUs and its GPUs
+    divided by the share. Call :meth:`warm_up`
     early (before training) to overlap the workers' TensorFlow start-up and
     compilation with the driver's own work. A worker lost in any phase
     (starting, compiling, baseline, units) is replaced and its work redone;
@@ -483,7 +558,10 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, num_workers: int | None = None, per_worker_in_flight: int = 2,
-                 stall_timeout_s: float = 600.0) -> None:
+                 stall_timeout_s: float = 600.0, gpus_per_worker: float | None = None) -> None:
+        if gpus_per_worker is not None:
+            validation.gpu_share("gpus_per_worker", gpus_per_worker)
+        self.gpus_per_worker = gpus_per_worker
         self.num_workers = num_workers
         self.per_worker_in_flight = per_worker_in_flight
         self.stall_timeout_s = stall_timeout_s
@@ -495,6 +573,7 @@ class RayExecutor:
         self._baseline_shards: list = []  # object refs, replaced when a shard is lost
         self._recomputed = 0
         self._connected_here = False  # whether start() connected to Ray, so shutdown() disconnects
+        self._devices: dict | None = None
 
     @property
     def actors(self) -> list:
@@ -505,8 +584,9 @@ class RayExecutor:
             if not ray.is_initialized():
                 connect()
                 self._connected_here = True
-            count = self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            self.pool = ActorPool(count, self.stall_timeout_s, RayBackend())
+            check_gpus(self.gpus_per_worker)
+            count = self.num_workers or max(1, worker_slots(node_resources(), self.gpus_per_worker))
+            self.pool = ActorPool(count, self.stall_timeout_s, RayBackend(gpus_per_worker=self.gpus_per_worker))
         return self
 
     def warm_up(self, architecture_json: str, batch_size: int, time_steps: int, n_features: int,
@@ -526,6 +606,22 @@ class RayExecutor:
             except LostActor:
                 continue
         return stats
+
+    def describe(self) -> dict:
+        """The workers, for the run's metadata: how many, their GPU share, where one of them computes.
+
+        ``devices``: a live worker's :meth:`_EvaluationWorker.devices` (asked
+        once per executor; None if no worker answered).
+        """
+        if self._devices is None and self.pool is not None:
+            for actor in list(self.pool.live):
+                try:
+                    self._devices = self.pool.backend.get(actor.devices.remote())
+                    break
+                except LostActor:
+                    continue
+        return {"count": 0 if self.pool is None else self.pool.size, "gpus_per_worker": self.gpus_per_worker,
+                "devices": self._devices}
 
     def _refs(self, job: EvaluationJob) -> tuple:
         """Object refs of the job's model, sample and labels, put once per job."""

@@ -50,6 +50,45 @@ def configure_tensorflow(threads: int | None) -> None:
             pass
 
 
+def enable_memory_growth() -> list[str]:
+    """Turn TensorFlow's memory growth on for every GPU it sees; the names of those GPUs.
+
+    Without it, the first op on a GPU reserves nearly all of its memory, so a
+    second worker sharing that GPU could not start. Must run before any op
+    initialises the GPUs (a GPU already initialised is left as it is).
+    ``TF_FORCE_GPU_ALLOW_GROWTH=true`` in the environment asks the same of
+    TF's allocator; the workers set both.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # this GPU is already initialised
+            pass
+    return [gpu.name for gpu in gpus]
+
+
+def device_report() -> dict:
+    """Where TensorFlow runs in this process: its devices, its GPUs' names, where it places an op by default.
+
+    ``ops_placed_on`` is the device of a small matrix product placed by TF's
+    defaults, as the forward pass is (nothing in rnnimp pins a device): a
+    GPU when one is visible, else the CPU.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    product = tf.linalg.matmul(tf.ones((2, 2)), tf.ones((2, 2)))
+    return {
+        "tf_devices": [device.name for device in tf.config.list_logical_devices()],
+        "gpu_names": [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus],
+        "memory_growth": [bool(tf.config.experimental.get_memory_growth(gpu)) for gpu in gpus],
+        "ops_placed_on": product.device,
+    }
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A Keras model as plain data: architecture JSON and weight arrays."""

@@ -224,13 +224,24 @@ class Options:
 
 @dataclass(frozen=True)
 class Execution:
-    """The options of a job that say where and how it runs, not what it computes (command line only)."""
+    """The options of a job that say where and how it runs, not what it computes.
+
+    None of them changes an effect, so none enters the recorded
+    configuration that ``--out`` and :mod:`rnnimp.merge` compare (runs on CPU
+    and GPU workers, or on 2 and 8 workers, merge). The Python API sets the
+    same things on :class:`rnnimp.distributed.RayExecutor`
+    (``RayExecutor(gpus_per_worker=0.5)``).
+    """
 
     out: str | None = _option(
         None, flag="--out", help="output folder or pyarrow.fs URI, e.g. s3://bucket/run (default: %(default)s)")
     num_cpus: int | None = _option(
         None, flag="--num-cpus", type=int,
         help="CPUs of the embedded local Ray (default: all); ignored when RAY_ADDRESS is set")
+    gpus_per_worker: float | None = _option(
+        None, flag="--gpus-per-worker", type=float,
+        help="GPUs each Ray worker requests: a fraction in (0, 1] shares a GPU between workers, or a whole "
+             "number (default: none, CPU workers)")
     connect_timeout: float = _option(
         30.0, flag="--connect-timeout", type=float,
         help="seconds to wait for the cluster in RAY_ADDRESS before giving up (default: %(default)s)")
@@ -245,6 +256,8 @@ class Execution:
         if self.num_cpus is not None:
             validation.positive_int(names("num_cpus"), self.num_cpus)
         validation.positive_finite(names("connect_timeout"), self.connect_timeout)
+        if self.gpus_per_worker is not None:
+            validation.gpu_share(names("gpus_per_worker"), self.gpus_per_worker)
         return self
 
 
