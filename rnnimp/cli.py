@@ -186,7 +186,7 @@ def execute(execution: options.Execution, request: options.Request, job_configur
     except RnnimpError:
         distributed.shutdown()
         raise
-    executor = distributed.RayExecutor(gpus_per_worker=execution.gpus_per_worker).warm_up(
+    executor = distributed.RayExecutor(gpus_per_worker=execution.gpus_per_worker, driver_lane=True).warm_up(
         architecture_json, request.settings.layout.batch_size, sample.shape[1], sample.shape[2])
     timings["start_ray"] = time.perf_counter() - started
     gpus = f" ({execution.gpus_per_worker:g} GPU each)" if execution.gpus_per_worker else ""

@@ -477,13 +477,20 @@ class ActorPool:
             self._replace(actor, lost)
 
     def run(self, tasks: Iterable[Task], submit: Callable[[object, Task], object],
-            per_actor: int = 2, recover: Callable[[Task], None] | None = None) -> Iterator[tuple[Task, object]]:
+            per_actor: int = 2, recover: Callable[[Task], None] | None = None,
+            local: Callable[[Task], object] | None = None) -> Iterator[tuple[Task, object]]:
         """Yield ``(task, result)`` in completion order, at most ``per_actor`` in flight per actor.
 
         A task whose actor dies is resubmitted to another actor. A task that
         fails because one of its inputs was lost (its node died) is passed to
         ``recover``, which must recreate that input, and is then resubmitted.
         Actors that finish starting meanwhile join and get tasks.
+
+        ``local`` (the driver lane): while fewer than ``size`` members are
+        live, the caller's process computes queued tasks itself with
+        ``local(task)``, one at a time, checking between two tasks whether
+        an actor finished something or joined; once every member is live it
+        only hands out tasks. Tasks must give the same result wherever they run.
         """
         pending = collections.deque(tasks)  # resubmitted tasks go back to the front
         in_flight: dict = {}  # ref -> (actor, task)
@@ -499,7 +506,15 @@ class ActorPool:
         fill_all()
         last_progress = time.monotonic()
         while in_flight or pending:
-            ready = self.backend.wait(list(in_flight) + list(self.starting), timeout=10.0)
+            driver_lane = local is not None and bool(pending) and len(self.live) < self.size
+            refs = list(in_flight) + list(self.starting)
+            ready = self.backend.wait(refs, timeout=0.0 if driver_lane else 10.0) if refs or not driver_lane else []
+            if not ready and driver_lane:
+                task = pending.popleft()
+                result = local(task)
+                last_progress = time.monotonic()
+                yield task, result
+                continue
             if not ready:
                 if time.monotonic() - last_progress > self.stall_timeout_s:
                     raise WorkersLostError(f"no worker made progress for {self.stall_timeout_s:.0f} s "
@@ -550,7 +565,12 @@ class RayExecutor:
     its CPU count, or with GPUs, per node the fewer of its CPUs and its GPUs
     divided by the share. Call :meth:`warm_up`
     early (before training) to overlap the workers' TensorFlow start-up and
-    compilation with the driver's own work. A worker lost in any phase
+    compilation with the driver's own work. With ``driver_lane``, the driver
+    does not wait for its workers: it computes baseline shards and units
+    itself (compiling the forward pass once in its own process) while fewer
+    than all workers are live, and hands over as they join; every unit
+    carries its seed and runs on batches of the same size, so the effects
+    are the same wherever a unit ran. A worker lost in any phase
     (starting, compiling, baseline, units) is replaced and its work redone;
     see :class:`ActorPool`.
     """
@@ -558,11 +578,14 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, num_workers: int | None = None, per_worker_in_flight: int = 2,
-                 stall_timeout_s: float = 600.0, gpus_per_worker: float | None = None) -> None:
+                 stall_timeout_s: float = 600.0, gpus_per_worker: float | None = None,
+                 driver_lane: bool = False) -> None:
         if gpus_per_worker is not None:
             validation.gpu_share("gpus_per_worker", gpus_per_worker)
         self.gpus_per_worker = gpus_per_worker
         self.num_workers = num_workers
+        self.driver_lane = driver_lane
+        self.on_driver = {"shards": 0, "units": 0}  # work the driver lane computed
         self.per_worker_in_flight = per_worker_in_flight
         self.stall_timeout_s = stall_timeout_s
         self.pool: ActorPool | None = None
@@ -621,7 +644,7 @@ class RayExecutor:
                 except LostActor:
                     continue
         return {"count": 0 if self.pool is None else self.pool.size, "gpus_per_worker": self.gpus_per_worker,
-                "devices": self._devices}
+                "devices": self._devices, "driver_lane": self.driver_lane, "on_driver": dict(self.on_driver)}
 
     def _refs(self, job: EvaluationJob) -> tuple:
         """Object refs of the job's model, sample and labels, put once per job."""
@@ -629,7 +652,8 @@ class RayExecutor:
             started = time.perf_counter()
             check_sizes(job.sample, job.labels, job.settings, job.model.architecture_json)
             self.start()
-            self.pool.wait_until_ready(None if self._job is None else 1)  # the first job waits for all
+            if not self.driver_lane:  # the driver lane computes while workers join: no waiting
+                self.pool.wait_until_ready(None if self._job is None else 1)  # the first job waits for all
             self.timings["wait_workers"] = time.perf_counter() - started
             started = time.perf_counter()
             labels_ref = None if job.labels is None else ray.put(job.labels)
@@ -652,7 +676,14 @@ class RayExecutor:
             n_outputs_ref, predictions[shard.index] = self._predict(actor, job, shard)
             return n_outputs_ref
 
-        n_outputs = {count for _, count in self.pool.run(shards, submit, self.per_worker_in_flight)}
+        def on_driver(shard: Shard) -> int:
+            shard_predictions = predict_shard(job.model, job.sample, job.settings, shard)
+            predictions[shard.index] = ray.put(shard_predictions)
+            self.on_driver["shards"] += 1
+            return shard_predictions.shape[1]
+
+        n_outputs = {count for _, count in self.pool.run(shards, submit, self.per_worker_in_flight,
+                                                        local=on_driver if self.driver_lane else None)}
         return predictions, n_outputs
 
     def baseline(self, job: EvaluationJob) -> Baseline:
@@ -687,9 +718,23 @@ class RayExecutor:
             return actor.unit_sums.remote(model_ref, sample_ref, self._baseline_shards[unit.shard.index],
                                           labels_ref, job.settings, unit)
 
+        fetched: dict[int, tuple] = {}  # shard index -> (ref, predictions) the driver lane fetched
+
+        def on_driver(unit: Unit):
+            ref = self._baseline_shards[unit.shard.index]
+            if fetched.get(unit.shard.index, (None,))[0] is not ref:
+                try:
+                    fetched[unit.shard.index] = (ref, ray.get(ref))
+                except ObjectLostError:  # lost with its node: compute it again, then use the new one
+                    self._recompute_baseline(job, unit.shard)
+                    return on_driver(unit)
+            self.on_driver["units"] += 1
+            return unit_sums(job.model, job.sample, fetched[unit.shard.index][1], job.labels, job.settings, unit)
+
         started = time.perf_counter()
         yield from self.pool.run(units, submit, self.per_worker_in_flight,
-                                 recover=lambda unit: self._recompute_baseline(job, unit.shard))
+                                 recover=lambda unit: self._recompute_baseline(job, unit.shard),
+                                 local=on_driver if self.driver_lane else None)
         self.timings["units"] += time.perf_counter() - started
 
     def shutdown(self) -> None:
