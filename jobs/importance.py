@@ -44,17 +44,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         labels = data.load_labels(args.labels, sample.shape[0], series_column=args.series_column,
                                   time_column=args.time_column)
 
-    from rnnimp.modelio import architecture, configure_tensorflow, load_model
-
-    configure_tensorflow(None)
-    model = load_model(args.model, "--model")
-    from rnnimp.options import prepare
+    from rnnimp.modelio import check_model_path
+    from rnnimp.options import check_options, prepare
 
     options = cli.options_from_args(args, JOB, feature_names=names)
-    request = prepare(model, sample, labels, options, cli.parameter_names(JOB, INPUTS))
-    job = {"name": JOB, "model": args.model, "data": args.data, "labels": args.labels}
-    cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
-    return cli.execute(execution, request, job, lambda: (model, {"phase": "load_model"}), architecture(model))
+    parameter_names = cli.parameter_names(JOB, INPUTS)
+    check_options(options, parameter_names)
+    check_model_path(args.model, "--model")
+    # Ray and the workers start now: they import TensorFlow while this process does.
+    workers = cli.start_workers(execution)
+    try:
+        from rnnimp.modelio import architecture, configure_tensorflow, load_model
+
+        configure_tensorflow(None)
+        model = load_model(args.model, "--model")
+        request = prepare(model, sample, labels, options, parameter_names)
+        job = {"name": JOB, "model": args.model, "data": args.data, "labels": args.labels}
+        cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
+    except BaseException:
+        workers.stop()
+        raise
+    return cli.execute(execution, request, job, lambda: (model, {"phase": "load_model"}), architecture(model),
+                       workers)
 
 
 if __name__ == "__main__":

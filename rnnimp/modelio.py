@@ -120,14 +120,19 @@ def fingerprint(architecture_json: str, weights: tuple[np.ndarray, ...]) -> str:
     return digest.hexdigest()
 
 
-def load_model(path: str, parameter: str = "model"):
-    """Load a ``.keras`` file in Keras safe mode, or raise InvalidParameterError."""
-    import keras
-
+def check_model_path(path: str, parameter: str = "model") -> None:
+    """Raise InvalidParameterError unless ``path`` names an existing ``.keras`` file (no TensorFlow needed)."""
     if not str(path).endswith(".keras"):
         raise InvalidParameterError(parameter, "must be a .keras file", str(path))
     if not os.path.isfile(path):
         raise InvalidParameterError(parameter, "must be an existing readable file", str(path))
+
+
+def load_model(path: str, parameter: str = "model"):
+    """Load a ``.keras`` file in Keras safe mode, or raise InvalidParameterError."""
+    import keras
+
+    check_model_path(path, parameter)
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for corrupt archives

@@ -412,12 +412,11 @@ def options_from_keywords(options: Mapping[str, Any]) -> Options:
         raise InvalidParameterError("options", "must be fields of rnnimp.api.Options", str(error)) from None
 
 
-def prepare(model, X, y=None, options: Options = Options(), names: Names = API_NAMES) -> Request:
-    """Validate ``options`` against ``model`` and data ``X`` (and labels ``y``); no model runs.
+def check_options(options: Options, names: Names = API_NAMES) -> tuple[int, float, int | None]:
+    """Check the options that need neither the model nor the data: (n_repeats, confidence, max_repeats).
 
-    Raises InvalidParameterError naming the option, the rule and the value;
-    ``names`` says how to name parameters (the jobs pass their options'
-    flags, and which of their inputs hold ``X`` and ``y``).
+    The first part of :func:`prepare`; the jobs call it before they start
+    Ray, so that most bad input is refused before anything starts.
     """
     o, n = options, names
     n_repeats = validation.positive_int(n("n_repeats"), o.n_repeats)
@@ -439,6 +438,18 @@ def prepare(model, X, y=None, options: Options = Options(), names: Names = API_N
         if max_repeats < n_repeats:
             raise InvalidParameterError(n("max_repeats"), f"must be at least {n('n_repeats')} ({n_repeats})",
                                         max_repeats)
+    return n_repeats, confidence, max_repeats
+
+
+def prepare(model, X, y=None, options: Options = Options(), names: Names = API_NAMES) -> Request:
+    """Validate ``options`` against ``model`` and data ``X`` (and labels ``y``); no model runs.
+
+    Raises InvalidParameterError naming the option, the rule and the value;
+    ``names`` says how to name parameters (the jobs pass their options'
+    flags, and which of their inputs hold ``X`` and ``y``).
+    """
+    o, n = options, names
+    n_repeats, confidence, max_repeats = check_options(o, n)
     sample = validation.series_array(n("X"), X)
     _check_model_fits(model, sample, n("X"))
     n_samples, time_steps, n_features = sample.shape
