@@ -634,7 +634,9 @@ class RayExecutor:
         """The workers, for the run's metadata: how many, their GPU share, where one of them computes.
 
         ``devices``: a live worker's :meth:`_EvaluationWorker.devices` (asked
-        once per executor; None if no worker answered).
+        once per executor; None if no worker was live, e.g. when the driver
+        lane computed everything); ``on_driver``: the shards and units the
+        driver lane computed, and then ``driver_devices``, where it did.
         """
         if self._devices is None and self.pool is not None:
             for actor in list(self.pool.live):
@@ -643,8 +645,13 @@ class RayExecutor:
                     break
                 except LostActor:
                     continue
-        return {"count": 0 if self.pool is None else self.pool.size, "gpus_per_worker": self.gpus_per_worker,
-                "devices": self._devices, "driver_lane": self.driver_lane, "on_driver": dict(self.on_driver)}
+        described = {"count": 0 if self.pool is None else self.pool.size, "gpus_per_worker": self.gpus_per_worker,
+                     "devices": self._devices, "driver_lane": self.driver_lane, "on_driver": dict(self.on_driver)}
+        if any(self.on_driver.values()):  # the driver computed too: where it did
+            from .modelio import device_report
+
+            described["driver_devices"] = device_report()
+        return described
 
     def _refs(self, job: EvaluationJob) -> tuple:
         """Object refs of the job's model, sample and labels, put once per job."""

@@ -21,7 +21,7 @@ from .errors import InvalidParameterError
 
 
 def configure_tensorflow(threads: int | None) -> None:
-    """Quiet TF's logging (unless --verbose) and, if given, pin its thread pools.
+    """Quiet TF's logging (unless --verbose), if given pin its thread pools, and turn GPU memory growth on.
 
     Must run before TensorFlow executes its first op in this process; the
     environment variables are also read by TF at start-up. The import itself
@@ -48,6 +48,7 @@ def configure_tensorflow(threads: int | None) -> None:
         except RuntimeError:
             # TF already initialised in this process: its pools are fixed now.
             pass
+    enable_memory_growth()  # a driver or worker on a GPU node leaves room for the other processes on it
 
 
 def enable_memory_growth() -> list[str]:
