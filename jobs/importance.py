@@ -47,15 +47,44 @@ def parse_args(argv: Sequence[str] | None):
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     execution = cli.execution_from_args(args, JOB)
-    from rnnimp import data
-    from rnnimp.inputs import masking_values, model_input_names, model_input_shapes
-    from rnnimp.options import parse_mask_values
+    from rnnimp.modelio import check_model_path
+    from rnnimp.options import check_options, parse_mask_values, prepare
 
     mask_value = parse_mask_values(args.mask_value)
-    from rnnimp.modelio import architecture, configure_tensorflow, load_model
 
-    configure_tensorflow(None)
-    model = load_model(args.model, "--model")
+    options = cli.options_from_args(args, JOB)
+    parameter_names = cli.parameter_names(JOB, INPUTS)
+    check_options(options, parameter_names)
+    check_model_path(args.model, "--model")
+    # Ray and the workers start now: they import TensorFlow while this process does.
+    workers = cli.start_workers(execution)
+    try:
+        from rnnimp.modelio import architecture, configure_tensorflow, load_model
+
+        configure_tensorflow(None)
+        model = load_model(args.model, "--model")
+        X, labels, names, several = _load_inputs(args, model, mask_value)
+        options = cli.options_from_args(args, JOB, feature_names=names)
+        request = prepare(model, X, labels, options, parameter_names)
+        job = {"name": JOB, "model": args.model, "data": args.data if several else args.data[0],
+               "labels": args.labels}
+        cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
+    except BaseException:
+        workers.stop()
+        raise
+    for name, mask in zip(request.inputs.names, request.inputs.mask_values):
+        if mask is not None:
+            print(f"rnnimp: input {name!r}: steps whose features all equal {mask:g} are padding and are "
+                  "not perturbed", flush=True)
+    return cli.execute(execution, request, job, lambda: (model, {"phase": "load_model"}), architecture(model),
+                       workers)
+
+
+def _load_inputs(args, model, mask_value):
+    """The data of every model input (X: one array, or {input name: array}), labels, feature names, several."""
+    from rnnimp import data
+    from rnnimp.inputs import masking_values, model_input_names, model_input_shapes
+
     input_names = model_input_names(model)
     paths = data.parse_data_options(args.data, input_names)
     several = len(input_names) > 1
@@ -88,18 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.labels is not None:
         labels = data.load_labels(args.labels, len(next(iter(loaded.values())).array),
                                   series_column=args.series_column, time_column=args.time_column)
-
-    from rnnimp.options import prepare
-
-    options = cli.options_from_args(args, JOB, feature_names=names)
-    request = prepare(model, X, labels, options, cli.parameter_names(JOB, INPUTS))
-    job = {"name": JOB, "model": args.model, "data": args.data if several else args.data[0], "labels": args.labels}
-    cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
-    for name, mask in zip(request.inputs.names, request.inputs.mask_values):
-        if mask is not None:
-            print(f"rnnimp: input {name!r}: steps whose features all equal {mask:g} are padding and are "
-                  "not perturbed", flush=True)
-    return cli.execute(execution, request, job, lambda: (model, {"phase": "load_model"}), architecture(model))
+    return X, labels, names, several
 
 
 if __name__ == "__main__":

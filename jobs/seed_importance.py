@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from rnnimp import cli, validation
+from rnnimp import cli, reference, validation
 from rnnimp.errors import InvalidParameterError
 
 JOB = "seed_importance"
@@ -49,31 +49,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model is None:  # "batch_size": the key of --train-batch-size's value since before its rename
         job.update(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.train_batch_size)
 
-    from rnnimp.modelio import architecture, configure_tensorflow, load_model
-
-    configure_tensorflow(None)
-    from rnnimp import reference
-
-    loaded = load_model(args.model, "--model") if args.model else None
-    shape_model = loaded if loaded is not None else reference.build_model(args.random_state)
-    if tuple(shape_model.input_shape[1:]) != (reference.TIME_STEPS, reference.N_FEATURES):
-        raise InvalidParameterError(
-            "--model", f"must take input (batch, {reference.TIME_STEPS}, {reference.N_FEATURES})",
-            f"{args.model} with input {shape_model.input_shape}")
-    labels = None
-    if args.metric == "loss-increase":
-        if tuple(shape_model.output_shape[1:]) not in ((reference.TIME_STEPS,), (reference.TIME_STEPS, 1)):
-            raise InvalidParameterError(
-                "--model", f"must have one output per time step ({reference.TIME_STEPS}) for --metric loss-increase "
-                "against the reference targets", f"{args.model} with output {shape_model.output_shape}")
-        sample, labels = reference.evaluation_series(args.random_state, args.samples)
-    else:
-        sample = reference.evaluation_sample(args.random_state, args.samples)
-    from rnnimp.options import prepare
+    from rnnimp.modelio import check_model_path
+    from rnnimp.options import check_options, prepare
 
     options = cli.options_from_args(args, JOB, feature_names=reference.FEATURE_NAMES)
-    request = prepare(shape_model, sample, labels, options, cli.parameter_names(JOB, INPUTS))
-    cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
+    names = cli.parameter_names(JOB, INPUTS)
+    check_options(options, names)
+    if args.model is not None:
+        check_model_path(args.model, "--model")
+    # Ray and the workers start now: they import TensorFlow while this process does.
+    workers = cli.start_workers(execution)
+    try:
+        from rnnimp.modelio import architecture, configure_tensorflow, load_model
+
+        configure_tensorflow(None)
+        loaded = load_model(args.model, "--model") if args.model else None
+        shape_model = loaded if loaded is not None else reference.build_model(args.random_state)
+        if tuple(shape_model.input_shape[1:]) != (reference.TIME_STEPS, reference.N_FEATURES):
+            raise InvalidParameterError(
+                "--model", f"must take input (batch, {reference.TIME_STEPS}, {reference.N_FEATURES})",
+                f"{args.model} with input {shape_model.input_shape}")
+        labels = None
+        if args.metric == "loss-increase":
+            if tuple(shape_model.output_shape[1:]) not in ((reference.TIME_STEPS,), (reference.TIME_STEPS, 1)):
+                raise InvalidParameterError(
+                    "--model", f"must have one output per time step ({reference.TIME_STEPS}) for --metric "
+                    "loss-increase against the reference targets", f"{args.model} with output {shape_model.output_shape}")
+            sample, labels = reference.evaluation_series(args.random_state, args.samples)
+        else:
+            sample = reference.evaluation_sample(args.random_state, args.samples)
+        request = prepare(shape_model, sample, labels, options, names)
+        cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
+    except BaseException:
+        workers.stop()
+        raise
 
     def obtain_model():
         if loaded is not None:
@@ -84,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return trained.model, {"phase": "train",
                                "training": {"final_loss": trained.final_loss, "epoch_losses": list(trained.losses)}}
 
-    return cli.execute(execution, request, job, obtain_model, architecture(shape_model))
+    return cli.execute(execution, request, job, obtain_model, architecture(shape_model), workers)
 
 
 if __name__ == "__main__":

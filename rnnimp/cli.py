@@ -1,7 +1,10 @@
 """Shared command-line plumbing of the jobs: options, checks of --out, the run itself.
 
-Everything a user can get wrong is checked before Ray starts or any model
-runs; an error is one line on stderr and exit code 2.
+The options that need neither model nor data are checked before Ray starts;
+the jobs then start Ray and the workers (:func:`start_workers`), so that they
+import TensorFlow while the driver does, and check the rest (model, data,
+--out) before any model runs, stopping Ray again on bad input. An error is
+one line on stderr and exit code 2, and nothing is written to --out.
 """
 
 from __future__ import annotations
@@ -164,10 +167,57 @@ def check_out(out: str, configuration: dict[str, Any], overwrite: bool) -> None:
             "use --overwrite or another folder", out)
 
 
-def execute(execution: options.Execution, request: options.Request, job_configuration: dict[str, Any],
-            obtain_model: Callable[[], tuple[Any, dict[str, Any]]], architecture_json: str) -> int:
-    """Start Ray, warm the workers up, obtain the model (train or load), run, write, report.
+@dataclasses.dataclass
+class Workers:
+    """A job's Ray connection and worker pool, started before the driver imports TensorFlow.
 
+    ``started``: perf_counter when the job's clock started (before connecting);
+    ``start_ray_s``: seconds to connect and start the actors (not to wait for them).
+    """
+
+    executor: Any
+    where: str
+    started: float
+    start_ray_s: float
+
+    def stop(self) -> float:
+        """Stop the workers and disconnect; the seconds it took."""
+        from . import distributed
+
+        began = time.perf_counter()
+        self.executor.shutdown()
+        distributed.shutdown()
+        return time.perf_counter() - began
+
+
+def start_workers(execution: options.Execution) -> Workers:
+    """Connect to Ray and start the worker actors now; they import TensorFlow while the driver does.
+
+    Called once the options that need no model are checked. The workers
+    compile a model once :func:`execute` knows its architecture; until they
+    are live, the driver computes the run's units itself (the driver lane).
+    Raises (after disconnecting) a share of GPUs no node can grant.
+    """
+    from . import distributed
+
+    logs.setup()
+    started = time.perf_counter()
+    where = distributed.connect(execution.num_cpus, execution.connect_timeout)
+    try:
+        distributed.check_gpus(execution.gpus_per_worker, "--gpus-per-worker")
+        executor = distributed.RayExecutor(gpus_per_worker=execution.gpus_per_worker, driver_lane=True).start()
+    except BaseException:
+        distributed.shutdown()
+        raise
+    return Workers(executor, where, started, time.perf_counter() - started)
+
+
+def execute(execution: options.Execution, request: options.Request, job_configuration: dict[str, Any],
+            obtain_model: Callable[[], tuple[Any, dict[str, Any]]], architecture_json: str,
+            workers: Workers | None = None) -> int:
+    """Warm the workers up, obtain the model (train or load), run, write, report; stop the workers.
+
+    ``workers``: from :func:`start_workers` (started here if None).
     ``obtain_model`` returns the model and extra metadata (e.g. training
     losses); it runs on the driver while the workers compile the model.
     """
@@ -175,19 +225,18 @@ def execute(execution: options.Execution, request: options.Request, job_configur
     from .modelio import model_to_bytes
     from .runner import run
 
-    logs.setup()
-    timings: dict[str, float] = {}
-    job_started = started = time.perf_counter()
-    where = distributed.connect(execution.num_cpus, execution.connect_timeout)
+    workers = start_workers(execution) if workers is None else workers
+    timings: dict[str, float] = {"start_ray": workers.start_ray_s}
     try:
         distributed.check_sizes(request.sample, request.labels, request.settings, architecture_json)
     except RnnimpError:
-        distributed.shutdown()
+        workers.stop()
         raise
-    executor = distributed.RayExecutor().warm_up(
+    executor = workers.executor.warm_up(
         architecture_json, request.settings.layout.batch_size, request.inputs.shapes)
-    timings["start_ray"] = time.perf_counter() - started
-    print(f"rnnimp: running on {where} with {len(executor.actors)} workers; results go to {execution.out}", flush=True)
+    gpus = f" ({execution.gpus_per_worker:g} GPU each)" if execution.gpus_per_worker else ""
+    print(f"rnnimp: running on {workers.where} with {len(executor.actors)} workers{gpus}; results go to "
+          f"{execution.out}", flush=True)
     try:
         started = time.perf_counter()
         model, model_metadata = obtain_model()
@@ -201,12 +250,12 @@ def execute(execution: options.Execution, request: options.Request, job_configur
         paths = result.write(execution.out, model_bytes=model_to_bytes(model))
         write_s = time.perf_counter() - started
     finally:
-        executor.shutdown()
-        distributed.shutdown()
+        stop_s = workers.stop()
     print()
     print(result.format_summary())
     print()
-    print(format_phases(result.metadata["timings_s"], write_s, time.perf_counter() - job_started))
+    print(format_phases({**result.metadata["timings_s"], "shutdown": stop_s}, write_s,
+                        time.perf_counter() - workers.started))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
     return 0
@@ -217,6 +266,8 @@ def format_phases(timings: dict[str, float], write_s: float, total_s: float) -> 
     order = ["start_ray", "train", "load_model", "wait_workers", "broadcast", "baseline", "units"]
     phases = {name: timings[name] for name in order if name in timings}
     phases["write"] = write_s
+    if "shutdown" in timings:
+        phases["shutdown"] = timings["shutdown"]
     overhead = total_s - phases.get("train", 0.0) - phases.get("units", 0.0)
     listed = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items())
     return f"phases: {listed}; total {total_s:.2f} s, fixed overhead {overhead:.2f} s"

@@ -2,7 +2,8 @@
 
 The driver puts the model, the evaluation sample (and labels) and the
 baseline predictions in the object store once and passes their references to
-a pool of actors, one CPU each, that hold a compiled model. A bounded number
+a pool of actors, one CPU each (and, with ``gpus_per_worker``, a share of a
+GPU), that hold a compiled model. A bounded number
 of units is in flight per actor; results are consumed as they finish with
 ``ray.wait``. When an actor dies (its process killed, its node lost), the
 units it held go back to the queue for the other actors and a replacement
@@ -25,7 +26,7 @@ import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
 
-from . import logs, sizes
+from . import logs, sizes, validation
 from .errors import InvalidParameterError, WorkersLostError
 from .method import Unit
 from .method import Shard
@@ -78,9 +79,31 @@ def _drop_worker_death_notices() -> None:
     ray_worker.print_to_stdstream = print_to_stdstream
 
 
-def worker_env() -> dict[str, str]:
-    """Environment of the worker processes: one thread each, and this driver's --verbose choice."""
+GPU_GROWTH_ENV = "TF_FORCE_GPU_ALLOW_GROWTH"  # TF's allocator takes GPU memory as needed, not all at once
+
+
+def worker_env(gpus_per_worker: float | None = None) -> dict[str, str]:
+    """Environment of the worker processes: one TF thread each, the GPUs they see, this driver's --verbose choice.
+
+    A GPU worker gets memory growth (``TF_FORCE_GPU_ALLOW_GROWTH``), so that
+    workers sharing a GPU do not each claim all of it; Ray sets its
+    ``CUDA_VISIBLE_DEVICES`` to the GPUs it granted. A CPU worker gets
+    ``CUDA_VISIBLE_DEVICES=""``: Ray 2.60 leaves that variable alone for an
+    actor that requested no GPU, and TensorFlow would otherwise place every
+    CPU worker's forward pass on the node's first GPU, each claiming its memory.
+
+    One intra-op and one inter-op thread in both cases: the actor holds one
+    CPU, its host-side work (drawing the perturbation, slicing batches) is
+    numpy on one thread anyway, and on a GPU the forward pass is one XLA
+    program whose kernels TF launches from its own GPU stream threads, which
+    these pools do not limit. More threads would only oversubscribe the CPUs
+    shared with the other workers of the node.
+    """
     env = {**WORKER_ENV, logs.VERBOSE_ENV: "1" if logs.verbose() else ""}
+    if gpus_per_worker:
+        env[GPU_GROWTH_ENV] = "true"
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     if not logs.verbose():
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return env
@@ -162,6 +185,40 @@ def shutdown() -> None:
         ray.shutdown()
 
 
+def node_resources() -> list[dict]:
+    """The resources of every live node of the connected cluster."""
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def worker_slots(nodes: list[dict], gpus_per_worker: float | None) -> int:
+    """How many workers of one CPU (and ``gpus_per_worker`` GPUs) the nodes hold at once.
+
+    ``nodes``: each node's resources as Ray reports them ({"CPU": 2.0, "GPU": 1.0, ...}).
+    """
+    if not gpus_per_worker:
+        return int(sum(node.get("CPU", 0) for node in nodes))
+    return sum(min(int(node.get("CPU", 0)), int(node.get("GPU", 0) / gpus_per_worker + 1e-9)) for node in nodes)
+
+
+def check_gpus(gpus_per_worker: float | None, parameter: str = "gpus_per_worker") -> None:
+    """Refuse (InvalidParameterError, before any actor starts) a GPU share no node of the cluster can grant.
+
+    An actor asking for more GPUs than any node has would wait for them forever.
+    """
+    if not gpus_per_worker:
+        return
+    validation.gpu_share(parameter, gpus_per_worker)
+    nodes = node_resources()
+    most = max((node.get("GPU", 0) for node in nodes), default=0)
+    if gpus_per_worker > most + 1e-9:
+        raise InvalidParameterError(
+            parameter, f"must be at most the GPUs of one node of the cluster ({most:g}"
+            f"{'; Ray sees no GPU' if not most else ''})", gpus_per_worker)
+    if worker_slots(nodes, gpus_per_worker) < 1:
+        raise InvalidParameterError(parameter, "leaves no node with both a CPU and that share of a GPU",
+                                    gpus_per_worker)
+
+
 def cluster_capacity() -> sizes.Capacity:
     """The smallest live node's object store and memory per CPU, and the free disk of Ray's temp folder here.
 
@@ -212,13 +269,23 @@ class _EvaluationWorker:
     """Holds one compiled model per architecture for the life of its process."""
 
     def __init__(self) -> None:
-        from .modelio import configure_tensorflow
+        from .modelio import configure_tensorflow, enable_memory_growth
 
         logs.setup()  # rnnimp's warnings as "rnnimp: warning: ..." lines, which Ray streams to the driver
         configure_tensorflow(threads=1)  # imports TF now, overlapping the driver's work
+        self.memory_growth_on = enable_memory_growth()  # before any op touches a GPU
 
     def ready(self) -> int:
         return os.getpid()
+
+    def devices(self) -> dict:
+        """Where this worker computes: Ray's GPU ids for it, what TF sees and where it places ops."""
+        from .modelio import device_report
+
+        return {"gpu_ids": [str(i) for i in ray.get_gpu_ids()],
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "gpu_growth_env": os.environ.get(GPU_GROWTH_ENV), "memory_growth_set": self.memory_growth_on,
+                **device_report()}
 
     def warm_up(self, architecture_json, batch_size, input_shapes, jit_compile) -> None:
         warm_up(architecture_json, batch_size, input_shapes, jit_compile)
@@ -280,11 +347,13 @@ class RayBackend:
     and :class:`LostObject` when an input of its task was lost.
     """
 
-    def __init__(self, env_vars: dict[str, str] | None = None) -> None:
-        self.env_vars = worker_env() if env_vars is None else env_vars
+    def __init__(self, env_vars: dict[str, str] | None = None, gpus_per_worker: float | None = None) -> None:
+        self.gpus_per_worker = gpus_per_worker
+        self.env_vars = worker_env(gpus_per_worker) if env_vars is None else env_vars
 
     def start_actor(self):
-        return _EvaluationWorker.options(runtime_env={"env_vars": self.env_vars}).remote()
+        return _EvaluationWorker.options(num_gpus=self.gpus_per_worker or 0,
+                                         runtime_env={"env_vars": self.env_vars}).remote()
 
     def ready(self, actor):
         return actor.ready.remote()
@@ -413,13 +482,20 @@ class ActorPool:
             self._replace(actor, lost)
 
     def run(self, tasks: Iterable[Task], submit: Callable[[object, Task], object],
-            per_actor: int = 2, recover: Callable[[Task], None] | None = None) -> Iterator[tuple[Task, object]]:
+            per_actor: int = 2, recover: Callable[[Task], None] | None = None,
+            local: Callable[[Task], object] | None = None) -> Iterator[tuple[Task, object]]:
         """Yield ``(task, result)`` in completion order, at most ``per_actor`` in flight per actor.
 
         A task whose actor dies is resubmitted to another actor. A task that
         fails because one of its inputs was lost (its node died) is passed to
         ``recover``, which must recreate that input, and is then resubmitted.
         Actors that finish starting meanwhile join and get tasks.
+
+        ``local`` (the driver lane): while fewer than ``size`` members are
+        live, the caller's process computes queued tasks itself with
+        ``local(task)``, one at a time, checking between two tasks whether
+        an actor finished something or joined; once every member is live it
+        only hands out tasks. Tasks must give the same result wherever they run.
         """
         pending = collections.deque(tasks)  # resubmitted tasks go back to the front
         in_flight: dict = {}  # ref -> (actor, task)
@@ -435,7 +511,15 @@ class ActorPool:
         fill_all()
         last_progress = time.monotonic()
         while in_flight or pending:
-            ready = self.backend.wait(list(in_flight) + list(self.starting), timeout=10.0)
+            driver_lane = local is not None and bool(pending) and len(self.live) < self.size
+            refs = list(in_flight) + list(self.starting)
+            ready = self.backend.wait(refs, timeout=0.0 if driver_lane else 10.0) if refs or not driver_lane else []
+            if not ready and driver_lane:
+                task = pending.popleft()
+                result = local(task)
+                last_progress = time.monotonic()
+                yield task, result
+                continue
             if not ready:
                 if time.monotonic() - last_progress > self.stall_timeout_s:
                     raise WorkersLostError(f"no worker made progress for {self.stall_timeout_s:.0f} s "
@@ -478,9 +562,20 @@ class ActorPool:
 class RayExecutor:
     """Runs units on a pool of Ray actors, one CPU each.
 
-    ``num_workers`` defaults to the cluster's CPU count. Call :meth:`warm_up`
+    ``gpus_per_worker``: each actor also requests this share of a GPU (a
+    fraction in (0, 1], several actors per GPU, or a whole number), with
+    TensorFlow's memory growth on; TF then places the forward pass on the
+    GPU. A share no node can grant is refused when the executor starts.
+    ``num_workers`` defaults to as many actors as the cluster holds at once:
+    its CPU count, or with GPUs, per node the fewer of its CPUs and its GPUs
+    divided by the share. Call :meth:`warm_up`
     early (before training) to overlap the workers' TensorFlow start-up and
-    compilation with the driver's own work. A worker lost in any phase
+    compilation with the driver's own work. With ``driver_lane``, the driver
+    does not wait for its workers: it computes baseline shards and units
+    itself (compiling the forward pass once in its own process) while fewer
+    than all workers are live, and hands over as they join; every unit
+    carries its seed and runs on batches of the same size, so the effects
+    are the same wherever a unit ran. A worker lost in any phase
     (starting, compiling, baseline, units) is replaced and its work redone;
     see :class:`ActorPool`.
     """
@@ -488,8 +583,14 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, num_workers: int | None = None, per_worker_in_flight: int = 2,
-                 stall_timeout_s: float = 600.0) -> None:
+                 stall_timeout_s: float = 600.0, gpus_per_worker: float | None = None,
+                 driver_lane: bool = False) -> None:
+        if gpus_per_worker is not None:
+            validation.gpu_share("gpus_per_worker", gpus_per_worker)
+        self.gpus_per_worker = gpus_per_worker
         self.num_workers = num_workers
+        self.driver_lane = driver_lane
+        self.on_driver = {"shards": 0, "units": 0}  # work the driver lane computed
         self.per_worker_in_flight = per_worker_in_flight
         self.stall_timeout_s = stall_timeout_s
         self.pool: ActorPool | None = None
@@ -500,6 +601,7 @@ class RayExecutor:
         self._baseline_shards: list = []  # object refs, replaced when a shard is lost
         self._recomputed = 0
         self._connected_here = False  # whether start() connected to Ray, so shutdown() disconnects
+        self._devices: dict | None = None
 
     @property
     def actors(self) -> list:
@@ -510,8 +612,9 @@ class RayExecutor:
             if not ray.is_initialized():
                 connect()
                 self._connected_here = True
-            count = self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            self.pool = ActorPool(count, self.stall_timeout_s, RayBackend())
+            check_gpus(self.gpus_per_worker)
+            count = self.num_workers or max(1, worker_slots(node_resources(), self.gpus_per_worker))
+            self.pool = ActorPool(count, self.stall_timeout_s, RayBackend(gpus_per_worker=self.gpus_per_worker))
         return self
 
     def warm_up(self, architecture_json: str, batch_size: int, input_shapes: tuple[tuple[int, ...], ...],
@@ -535,13 +638,37 @@ class RayExecutor:
                 continue
         return stats
 
+    def describe(self) -> dict:
+        """The workers, for the run's metadata: how many, their GPU share, where one of them computes.
+
+        ``devices``: a live worker's :meth:`_EvaluationWorker.devices` (asked
+        once per executor; None if no worker was live, e.g. when the driver
+        lane computed everything); ``on_driver``: the shards and units the
+        driver lane computed, and then ``driver_devices``, where it did.
+        """
+        if self._devices is None and self.pool is not None:
+            for actor in list(self.pool.live):
+                try:
+                    self._devices = self.pool.backend.get(actor.devices.remote())
+                    break
+                except LostActor:
+                    continue
+        described = {"count": 0 if self.pool is None else self.pool.size, "gpus_per_worker": self.gpus_per_worker,
+                     "devices": self._devices, "driver_lane": self.driver_lane, "on_driver": dict(self.on_driver)}
+        if any(self.on_driver.values()):  # the driver computed too: where it did
+            from .modelio import device_report
+
+            described["driver_devices"] = device_report()
+        return described
+
     def _refs(self, job: EvaluationJob) -> tuple:
         """Object refs of the job's model, sample and labels, put once per job."""
         if self._job is not job:
             started = time.perf_counter()
             check_sizes(job.sample, job.labels, job.settings, job.model.architecture_json)
             self.start()
-            self.pool.wait_until_ready(None if self._job is None else 1)  # the first job waits for all
+            if not self.driver_lane:  # the driver lane computes while workers join: no waiting
+                self.pool.wait_until_ready(None if self._job is None else 1)  # the first job waits for all
             self.timings["wait_workers"] = time.perf_counter() - started
             started = time.perf_counter()
             labels_ref = None if job.labels is None else ray.put(job.labels)
@@ -564,7 +691,14 @@ class RayExecutor:
             n_outputs_ref, predictions[shard.index] = self._predict(actor, job, shard)
             return n_outputs_ref
 
-        n_outputs = {count for _, count in self.pool.run(shards, submit, self.per_worker_in_flight)}
+        def on_driver(shard: Shard) -> int:
+            shard_predictions = predict_shard(job.model, job.sample, job.settings, shard)
+            predictions[shard.index] = ray.put(shard_predictions)
+            self.on_driver["shards"] += 1
+            return shard_predictions.shape[1]
+
+        n_outputs = {count for _, count in self.pool.run(shards, submit, self.per_worker_in_flight,
+                                                        local=on_driver if self.driver_lane else None)}
         return predictions, n_outputs
 
     def baseline(self, job: EvaluationJob) -> Baseline:
@@ -599,9 +733,23 @@ class RayExecutor:
             return actor.unit_sums.remote(model_ref, sample_ref, self._baseline_shards[unit.shard.index],
                                           labels_ref, job.settings, unit)
 
+        fetched: dict[int, tuple] = {}  # shard index -> (ref, predictions) the driver lane fetched
+
+        def on_driver(unit: Unit):
+            ref = self._baseline_shards[unit.shard.index]
+            if fetched.get(unit.shard.index, (None,))[0] is not ref:
+                try:
+                    fetched[unit.shard.index] = (ref, ray.get(ref))
+                except ObjectLostError:  # lost with its node: compute it again, then use the new one
+                    self._recompute_baseline(job, unit.shard)
+                    return on_driver(unit)
+            self.on_driver["units"] += 1
+            return unit_sums(job.model, job.sample, fetched[unit.shard.index][1], job.labels, job.settings, unit)
+
         started = time.perf_counter()
         yield from self.pool.run(units, submit, self.per_worker_in_flight,
-                                 recover=lambda unit: self._recompute_baseline(job, unit.shard))
+                                 recover=lambda unit: self._recompute_baseline(job, unit.shard),
+                                 local=on_driver if self.driver_lane else None)
         self.timings["units"] += time.perf_counter() - started
 
     def shutdown(self) -> None:

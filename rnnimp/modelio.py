@@ -21,7 +21,7 @@ from .errors import InvalidParameterError
 
 
 def configure_tensorflow(threads: int | None) -> None:
-    """Quiet TF's logging (unless --verbose) and, if given, pin its thread pools.
+    """Quiet TF's logging (unless --verbose), if given pin its thread pools, and turn GPU memory growth on.
 
     Must run before TensorFlow executes its first op in this process; the
     environment variables are also read by TF at start-up. The import itself
@@ -48,6 +48,46 @@ def configure_tensorflow(threads: int | None) -> None:
         except RuntimeError:
             # TF already initialised in this process: its pools are fixed now.
             pass
+    enable_memory_growth()  # a driver or worker on a GPU node leaves room for the other processes on it
+
+
+def enable_memory_growth() -> list[str]:
+    """Turn TensorFlow's memory growth on for every GPU it sees; the names of those GPUs.
+
+    Without it, the first op on a GPU reserves nearly all of its memory, so a
+    second worker sharing that GPU could not start. Must run before any op
+    initialises the GPUs (a GPU already initialised is left as it is).
+    ``TF_FORCE_GPU_ALLOW_GROWTH=true`` in the environment asks the same of
+    TF's allocator; the workers set both.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # this GPU is already initialised
+            pass
+    return [gpu.name for gpu in gpus]
+
+
+def device_report() -> dict:
+    """Where TensorFlow runs in this process: its devices, its GPUs' names, where it places an op by default.
+
+    ``ops_placed_on`` is the device of a small matrix product placed by TF's
+    defaults, as the forward pass is (nothing in rnnimp pins a device): a
+    GPU when one is visible, else the CPU.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    product = tf.linalg.matmul(tf.ones((2, 2)), tf.ones((2, 2)))
+    return {
+        "tf_devices": [device.name for device in tf.config.list_logical_devices()],
+        "gpu_names": [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus],
+        "memory_growth": [bool(tf.config.experimental.get_memory_growth(gpu)) for gpu in gpus],
+        "ops_placed_on": product.device,
+    }
 
 
 @dataclass(frozen=True)
@@ -81,14 +121,19 @@ def fingerprint(architecture_json: str, weights: tuple[np.ndarray, ...]) -> str:
     return digest.hexdigest()
 
 
-def load_model(path: str, parameter: str = "model"):
-    """Load a ``.keras`` file in Keras safe mode, or raise InvalidParameterError."""
-    import keras
-
+def check_model_path(path: str, parameter: str = "model") -> None:
+    """Raise InvalidParameterError unless ``path`` names an existing ``.keras`` file (no TensorFlow needed)."""
     if not str(path).endswith(".keras"):
         raise InvalidParameterError(parameter, "must be a .keras file", str(path))
     if not os.path.isfile(path):
         raise InvalidParameterError(parameter, "must be an existing readable file", str(path))
+
+
+def load_model(path: str, parameter: str = "model"):
+    """Load a ``.keras`` file in Keras safe mode, or raise InvalidParameterError."""
+    import keras
+
+    check_model_path(path, parameter)
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for corrupt archives

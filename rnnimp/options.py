@@ -267,13 +267,24 @@ class Options:
 
 @dataclass(frozen=True)
 class Execution:
-    """The options of a job that say where and how it runs, not what it computes (command line only)."""
+    """The options of a job that say where and how it runs, not what it computes.
+
+    None of them changes an effect, so none enters the recorded
+    configuration that ``--out`` and :mod:`rnnimp.merge` compare (runs on CPU
+    and GPU workers, or on 2 and 8 workers, merge). The Python API sets the
+    same things on :class:`rnnimp.distributed.RayExecutor`
+    (``RayExecutor(gpus_per_worker=0.5)``).
+    """
 
     out: str | None = _option(
         None, flag="--out", help="output folder or pyarrow.fs URI, e.g. s3://bucket/run (default: %(default)s)")
     num_cpus: int | None = _option(
         None, flag="--num-cpus", type=int,
         help="CPUs of the embedded local Ray (default: all); ignored when RAY_ADDRESS is set")
+    gpus_per_worker: float | None = _option(
+        None, flag="--gpus-per-worker", type=float,
+        help="GPUs each Ray worker requests: a fraction in (0, 1] shares a GPU between workers, or a whole "
+             "number (default: none, CPU workers)")
     connect_timeout: float = _option(
         30.0, flag="--connect-timeout", type=float,
         help="seconds to wait for the cluster in RAY_ADDRESS before giving up (default: %(default)s)")
@@ -288,6 +299,8 @@ class Execution:
         if self.num_cpus is not None:
             validation.positive_int(names("num_cpus"), self.num_cpus)
         validation.positive_finite(names("connect_timeout"), self.connect_timeout)
+        if self.gpus_per_worker is not None:
+            validation.gpu_share(names("gpus_per_worker"), self.gpus_per_worker)
         return self
 
 
@@ -480,12 +493,11 @@ def options_from_keywords(options: Mapping[str, Any]) -> Options:
         raise InvalidParameterError("options", "must be fields of rnnimp.api.Options", str(error)) from None
 
 
-def prepare(model, X, y=None, options: Options = Options(), names: Names = API_NAMES) -> Request:
-    """Validate ``options`` against ``model`` and data ``X`` (and labels ``y``); no model runs.
+def check_options(options: Options, names: Names = API_NAMES) -> tuple[int, float, int | None]:
+    """Check the options that need neither the model nor the data: (n_repeats, confidence, max_repeats).
 
-    Raises InvalidParameterError naming the option, the rule and the value;
-    ``names`` says how to name parameters (the jobs pass their options'
-    flags, and which of their inputs hold ``X`` and ``y``).
+    The first part of :func:`prepare`; the jobs call it before they start
+    Ray, so that most bad input is refused before anything starts.
     """
     o, n = options, names
     n_repeats = validation.positive_int(n("n_repeats"), o.n_repeats)
@@ -509,6 +521,18 @@ def prepare(model, X, y=None, options: Options = Options(), names: Names = API_N
                                         max_repeats)
     if o.padding not in PADDINGS:
         raise InvalidParameterError(n("padding"), f"must be one of {', '.join(PADDINGS)}", o.padding)
+    return n_repeats, confidence, max_repeats
+
+
+def prepare(model, X, y=None, options: Options = Options(), names: Names = API_NAMES) -> Request:
+    """Validate ``options`` against ``model`` and data ``X`` (and labels ``y``); no model runs.
+
+    Raises InvalidParameterError naming the option, the rule and the value;
+    ``names`` says how to name parameters (the jobs pass their options'
+    flags, and which of their inputs hold ``X`` and ``y``).
+    """
+    o, n = options, names
+    n_repeats, confidence, max_repeats = check_options(o, n)
     if len(model.inputs) == 1 and len(model.inputs[0].shape) == 3 and not isinstance(X, (dict, list, tuple)):
         sample = validation.series_array(n("X"), X)
         _check_model_fits(model, sample, n("X"))

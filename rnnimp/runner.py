@@ -184,6 +184,8 @@ def _run(model, request: Request, runner: Executor, progress: bool, checkpoint: 
         "versions": library_versions(),
         "timings_s": {"evaluate": evaluate_s, **runner.timings},
     }
+    if hasattr(runner, "describe"):  # where the workers ran (RayExecutor: count, GPU share, devices)
+        run_metadata["workers"] = runner.describe()
     if o.target_halfwidth is not None:
         run_metadata["adaptive"] = {"met": met.tolist(), "repeats_used": summary.n_repeats.tolist()}
     for key, value in (metadata or {}).items():

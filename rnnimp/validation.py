@@ -30,6 +30,18 @@ def positive_finite(parameter: str, value: Any) -> float:
     return float(value)
 
 
+def gpu_share(parameter: str, value: Any) -> float:
+    """Return ``value`` as a float if it is a share of GPUs Ray can grant one actor, else raise.
+
+    A fraction in (0, 1] (actors share a GPU) or a whole number of GPUs: Ray
+    refuses fractional quantities above 1.
+    """
+    share = positive_finite(parameter, value)
+    if share > 1 and share != int(share):
+        raise InvalidParameterError(parameter, "must be a fraction in (0, 1] or a whole number of GPUs", value)
+    return share
+
+
 def open_unit_interval(parameter: str, value: Any) -> float:
     """Return ``value`` as a float if 0 < value < 1, else raise."""
     if (

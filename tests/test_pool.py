@@ -291,3 +291,43 @@ def test_ray_backend_sorts_rays_errors(monkeypatch):
     monkeypatch.setattr(distributed.ray, "get", raising(ValueError("a bug in a task")))
     with pytest.raises(ValueError):
         backend.get("ref")
+
+
+def test_driver_lane_computes_every_task_when_no_actor_ever_joins():
+    backend = FakeBackend(never_ready={0, 1})
+    pool = ActorPool(2, stall_timeout_s=0.5, backend=backend)
+    computed = []
+
+    def on_driver(task):
+        computed.append(task)
+        return task * 10
+
+    assert run_all(pool, range(12), local=on_driver) == {task: task * 10 for task in range(12)}
+    assert computed == list(range(12)) and not pool.live
+    assert not any(actor.tasks for actor in backend.actors)
+
+
+def test_driver_lane_shares_work_while_an_actor_is_missing_and_stops_once_all_are_live():
+    class SlowBackend(FakeBackend):
+        """Actor 0's results are not done yet at every other zero-timeout poll."""
+
+        def wait(self, refs: list, timeout: float) -> list:
+            done = super().wait(refs, timeout)
+            return [] if timeout == 0 and self.waits % 2 else done
+
+    backend = SlowBackend(never_ready={1})
+    pool = ActorPool(2, backend=backend)
+    computed = []
+
+    def on_driver(task):
+        computed.append(task)
+        return task * 10
+
+    assert run_all(pool, range(12), local=on_driver) == {task: task * 10 for task in range(12)}
+    assert computed and backend.actors[0].tasks
+    assert sorted(computed + backend.actors[0].tasks) == list(range(12))  # each task ran once, in one lane
+
+    everyone = ActorPool(2, backend=FakeBackend())
+    everyone.wait_until_ready()
+    never = lambda task: pytest.fail("the driver lane ran with every actor live")  # noqa: E731
+    assert run_all(everyone, range(12), local=never) == {task: task * 10 for task in range(12)}
