@@ -161,7 +161,18 @@ class Options:
         ``ablate_value``: "mean", "zero" or a number).
     metric : ``"rms"`` or ``"mae"`` output change, or ``"loss-increase"``
         (``loss`` "mse" or "binary-crossentropy" against labels ``y``,
-        (series, ...) with one label per model output).
+        (series, ...) with one label per model output); or several of them,
+        e.g. ("rms", "mae"), all from one set of forward passes, each equal
+        bit for bit to a run of it alone.
+    per_output, output_names : also the effect on each output value (the
+        model's outputs flattened per series, in order), with names.
+    condition_on, strata : with perturbation ``"conditional-permute"``,
+        exchange a target's values only between series in the same stratum
+        of these features' per-series means (``strata`` quantile bins each;
+        see :mod:`rnnimp.conditional`).
+    segments, segment_column : one label per series (a month, a site):
+        importance per segment, from the same units; ``segment_column`` is
+        the Parquet column the jobs read them from.
     groups : {name: [feature names or indexes]} perturbed jointly, reported
         as extra rows after the features.
     per_step : a (targets, steps) map: perturb at each time step t alone.
@@ -222,23 +233,21 @@ class Options:
         "mse", flag="--loss", choices=LOSSES, only_with=("metric", "loss-increase"),
         help="loss of --metric loss-increase (default: %(default)s)")
     per_output: bool = _option(
-        False, flag="--per-output",
+        False, flag="--per-output", recorded=False,
         help="also the effect on each output value (the model's outputs flattened per series, in order)")
     output_names: Sequence[str] | None = _option(
-        None, flag="--output-names", metavar="A,B,...", parse=split_names, only_with=("per_output", True),
+        None, flag="--output-names", metavar="A,B,...", parse=split_names, recorded=False,
         help="with --per-output: one name per output value (e.g. the classes)")
     condition_on: Sequence[str | int] | None = _option(
-        None, flag="--condition-on", metavar="F1[,F2...]", parse=split_names,
+        None, flag="--condition-on", metavar="F1[,F2...]", parse=split_names, recorded=False,
         only_with=("perturbation", "conditional-permute"),
         help="conditional-permute: exchange values only between series in the same stratum of these features")
     strata: int = _option(
-        DEFAULT_STRATA, flag="--strata", type=int, only_with=("perturbation", "conditional-permute"),
+        DEFAULT_STRATA, flag="--strata", type=int, recorded=False,
         help="conditional-permute: quantile bins per conditioning feature (default: %(default)s)")
-    segments: Sequence[Any] | None = _option(
-        None, recorded=False,  # recorded as the segment labels ("segment_labels")
-    )
+    segments: Sequence[Any] | None = _option(None, recorded=False)  # recorded as "segment_labels"
     segment_column: str | None = _option(
-        None, flag="--segment-column", jobs=("importance",),
+        None, flag="--segment-column", jobs=("importance",), recorded=False,
         help="Parquet column constant within each series (a month, a site): importance per segment, "
              "with comparisons of consecutive segments")
     groups: Mapping[str, Sequence[str | int]] | None = _option(
@@ -607,8 +616,13 @@ def prepare(model, X, y=None, options: Options = Options(), names: Names = API_N
         **resolved.configuration(), "scales": list(perturb.scales), "ablate_values": list(perturb.values),
         "n_samples": n_samples, "time_steps": time_steps, "n_features": n_features,
     }
-    if segment_labels:  # recorded only where asked for, so other runs keep their configuration
-        configuration["segment_labels"] = segment_labels
+    # recorded only where asked for, so the configuration of other runs (and their checkpoints) is unchanged
+    if resolved.per_output:
+        configuration.update(per_output=True, output_names=output_names)
+    if o.perturbation == CONDITIONAL:
+        configuration.update(condition_on=list(resolved.condition_on), strata=o.strata)
+    if segment_labels:
+        configuration.update(segment_column=o.segment_column, segment_labels=segment_labels)
     # recorded only where they matter, so a single-input run without a mask keeps its configuration
     if inputs.n_inputs > 1 or any(v is not None for v in mask_values):
         configuration["inputs"] = {name: {"kind": inputs.kind(k), "shape": list(inputs.shapes[k]),

@@ -1,0 +1,125 @@
+"""Several metrics, per-output effects, conditional permutation and segments from one set of forward passes."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pngtools import PNG_SIGNATURE
+from rnnimp import InvalidParameterError, sensitivity_importance
+from rnnimp.perturb import sample_noise
+from rnnimp.seeding import noise_key
+
+def decoded_png(path) -> np.ndarray:
+    """The PNG file at ``path`` decoded: (height, width, channels); checks the signature and a sensible size."""
+    import io
+
+    import matplotlib.image
+
+    data = open(path, "rb").read()
+    assert data[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(io.BytesIO(data), format="png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert len(data) < 400_000
+    return image
+
+
+WEIGHTS = np.array([[1.0, 0.0], [-2.0, 3.0], [0.0, 0.5]], dtype=np.float32)  # (features, outputs)
+
+
+def two_output_model(weights: np.ndarray = WEIGHTS, time_steps: int = 1):
+    """y[s, o] = sum_t sum_f W[f, o] x[s, t, f]: two outputs whose per-output effects are known by hand."""
+    import keras
+
+    n_features, n_outputs = weights.shape
+    model = keras.Sequential([keras.Input((time_steps, n_features)), keras.layers.Flatten(),
+                              keras.layers.Dense(n_outputs, use_bias=False)])
+    model.layers[-1].set_weights([np.tile(weights, (time_steps, 1))])
+    return model
+
+
+def sum_model(weights, time_steps: int):
+    """y[s] = sum_t sum_f w_f x[s, t, f] (one output)."""
+    return two_output_model(np.asarray(weights, dtype=np.float32).reshape(-1, 1), time_steps)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return two_output_model()
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return np.random.default_rng(0).random((200, 1, 3), dtype=np.float32)
+
+
+def test_per_output_effects_are_known_by_hand_and_pool_to_the_pooled_effect(model, sample):
+    result = sensitivity_importance(model, sample, n_repeats=3, noise_scale=0.2, random_state=5, per_output=True,
+                                    output_names=["a", "b"], batch_size=64, shard_size=128)
+    assert [p.labels for p in result.panels] == [{"output": -1, "output_name": None},
+                                                 {"output": 0, "output_name": "a"},
+                                                 {"output": 1, "output_name": "b"}]
+    pooled = sensitivity_importance(model, sample, n_repeats=3, noise_scale=0.2, random_state=5,
+                                    batch_size=64, shard_size=128)
+    np.testing.assert_array_equal(result.effects, pooled.effects)  # pooled rows unchanged, bit for bit
+    for feature in range(3):
+        for repeat in range(3):
+            noise_rms = 0.2 * np.sqrt(np.mean(sample_noise(noise_key(5, feature, repeat), 0, 200, 1) ** 2))
+            for output in range(2):
+                effect = result.panel(output=output).effects[feature, repeat]
+                assert effect == pytest.approx(abs(WEIGHTS[feature, output]) * noise_rms, rel=1e-5, abs=1e-9)
+    per_output = np.stack([result.panel(output=o).effects for o in range(2)])
+    np.testing.assert_allclose(np.sqrt(np.mean(per_output ** 2, axis=0)), result.effects, rtol=1e-12)
+    summary = result.summary_table()
+    assert summary.column_names[:2] == ["output", "output_name"]
+    assert summary.num_rows == 9
+    assert summary.schema.field("output").type == "int32"
+
+
+def test_per_output_with_per_step_gives_a_map_per_output(sample):
+    series = np.random.default_rng(1).random((50, 3, 3), dtype=np.float32)
+    result = sensitivity_importance(two_output_model(time_steps=3), series, n_repeats=2, per_output=True,
+                                    per_step=True)
+    assert len(result.panels) == 3 and result.panel(output=1).effects.shape == (3, 3, 2)
+    assert result.summary_table().num_rows == 3 * 3 * 3
+
+
+def test_several_metrics_are_bit_identical_to_single_metric_runs(model, sample):
+    labels = sample[:, 0, :] @ WEIGHTS + 0.1
+    options = dict(n_repeats=4, random_state=3, batch_size=32, shard_size=64, resample=True)
+    both = sensitivity_importance(model, sample, labels, metric=("rms", "mae", "loss-increase"), **options)
+    assert [p.labels for p in both.panels] == [{"metric": m} for m in ("rms", "mae", "loss-increase")]
+    for name in ("rms", "mae", "loss-increase"):
+        alone = sensitivity_importance(model, sample, labels, metric=name, **options)
+        panel = both.panel(metric=name)
+        np.testing.assert_array_equal(panel.effects, alone.effects)
+        for field in ("mean", "t_low", "t_high", "bootstrap_low", "bootstrap_high"):
+            np.testing.assert_array_equal(getattr(panel.summary, field), getattr(alone.summary, field))
+    summary = both.summary_table()
+    assert summary.column_names[0] == "metric" and summary.num_rows == 9
+    comparisons = both.comparisons_table()
+    assert set(comparisons["metric"].to_pylist()) == {"rms", "mae", "loss-increase"}
+    assert set(both.rank_probabilities_table()["metric"].to_pylist()) == {"rms", "mae", "loss-increase"}
+
+
+def test_several_metrics_write_files_with_a_metric_column(model, sample, tmp_path):
+    result = sensitivity_importance(model, sample, n_repeats=3, metric=("rms", "mae"), per_output=True)
+    paths = result.write(str(tmp_path / "out"))
+    effects = pq.read_table(paths["effects"])
+    assert effects.column_names[:2] == ["metric", "output"]
+    assert effects.num_rows == 2 * 3 * 3 * 3
+    decoded_png(paths["outputs_chart"])
+    decoded_png(paths["chart"])
+
+
+@pytest.mark.parametrize("options, parameter", [
+    (dict(metric=("rms", "rms")), "metric"),
+    (dict(metric=("rms", "nope")), "metric"),
+    (dict(metric=()), "metric"),
+    (dict(output_names=["a", "b"]), "output_names"),
+    (dict(per_output=True, output_names=["a"]), "output_names"),
+    (dict(per_output=True, output_names=["a", "a"]), "output_names"),
+])
+def test_refusals(model, sample, options, parameter):
+    with pytest.raises(InvalidParameterError) as error:
+        sensitivity_importance(model, sample, n_repeats=2, **options)
+    assert error.value.parameter == parameter
