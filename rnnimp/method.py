@@ -256,7 +256,7 @@ class ShardEvaluator:
         sources = None
         if perturbation.kind == "permute":
             sources = (self._sources(unit.key, len(sample[0])) if measures.donor_strata is None
-                       else self._stratified_sources(unit.key, measures.donor_strata))
+                       else self._stratified_sources(unit.key, measures.donor_strata[unit.target]))
         n_batches = math.ceil((unit.shard.stop - unit.shard.start) / self.batch_size)
         sums = None
         for index, (start, stop) in enumerate(self._batches(unit.shard)):
@@ -311,7 +311,7 @@ class Measures:
     per_output: bool = False
     segment_ids: np.ndarray | None = field(default=None, compare=False)
     n_segments: int = 1
-    donor_strata: np.ndarray | None = field(default=None, compare=False)
+    donor_strata: tuple[np.ndarray, ...] | None = field(default=None, compare=False)
 
     def outputs_per_segment(self, n_outputs: int) -> int:
         return 1 + n_outputs if self.per_output else 1

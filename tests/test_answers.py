@@ -123,3 +123,102 @@ def test_refusals(model, sample, options, parameter):
     with pytest.raises(InvalidParameterError) as error:
         sensitivity_importance(model, sample, n_repeats=2, **options)
     assert error.value.parameter == parameter
+
+
+@pytest.fixture(scope="module")
+def correlated():
+    """x1 and x2 nearly equal (correlation 0.999), x3 independent; the model uses x1 and x3 only."""
+    rng = np.random.default_rng(11)
+    x1 = rng.normal(size=2000)
+    series = np.column_stack([x1, x1 + 0.05 * rng.normal(size=2000), rng.normal(size=2000)])
+    return sum_model([1.0, 0.0, 1.0], time_steps=1), series[:, None, :].astype(np.float32)
+
+
+def test_conditional_permutation_credits_the_used_twin_only_beyond_its_twin(correlated):
+    model, series = correlated
+    options = dict(n_repeats=8, random_state=2, feature_names=["x1", "x2", "x3"])
+    marginal = sensitivity_importance(model, series, perturbation="permute", **options)
+    conditional = sensitivity_importance(model, series, perturbation="conditional-permute", condition_on=["x2"],
+                                         strata=20, **options)
+    m, c = marginal.summary, conditional.summary
+    assert m.mean[0] > 1.2  # about sqrt(2): x1's values exchanged with any other series'
+    assert c.mean[0] < 0.2 * m.mean[0]  # within a stratum of x2, x1 barely changes
+    assert m.mean[1] == 0 and c.mean[1] == 0  # the model never reads x2
+    # x3 is independent of x2: conditioning changes nothing beyond chance
+    assert c.t_low[2] <= m.t_high[2] and m.t_low[2] <= c.t_high[2]
+    assert conditional.metadata["configuration"]["condition_on"] == ["x2"]
+    assert conditional.metadata["configuration"]["strata"] == 20
+
+
+def test_conditional_permutation_exchanges_values_only_within_strata(correlated):
+    from rnnimp import conditional
+    from rnnimp.options import Options, prepare
+
+    model, series = correlated
+    request = prepare(model, series, options=Options(perturbation="conditional-permute", condition_on=["x2"],
+                                                     strata=4, feature_names=["x1", "x2", "x3"]))
+    strata_x1 = request.settings.measures.donor_strata[0]
+    expected = conditional.strata(conditional.per_series_means(series, [1]), 4)
+    np.testing.assert_array_equal(strata_x1, expected)
+    # x2's own row is not conditioned on itself: with no other conditioning feature, one stratum
+    assert (request.settings.measures.donor_strata[1] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def drifting():
+    """Segment "a": x1 varies; segment "b": x1 nearly constant. Model y = x1 + x2."""
+    rng = np.random.default_rng(4)
+    n = 600
+    segment = np.array(["a"] * (n // 2) + ["b"] * (n // 2))
+    x1 = np.where(segment == "a", rng.normal(size=n), 0.5 + 0.001 * rng.normal(size=n))
+    series = np.column_stack([x1, rng.normal(size=n)])[:, None, :].astype(np.float32)
+    order = rng.permutation(n)  # segments interleaved across batches and shards
+    return sum_model([1.0, 1.0], time_steps=1), series[order], segment[order]
+
+
+def test_segments_show_drift(drifting, tmp_path):
+    model, series, segment = drifting
+    result = sensitivity_importance(model, series, perturbation="permute", segments=segment, n_repeats=6,
+                                    random_state=1, batch_size=32, shard_size=128)
+    a, b = result.panel(segment="a"), result.panel(segment="b")
+    assert a.summary.mean[0] > 1.0 and b.summary.mean[0] < 0.01
+    assert a.summary.mean[1] > 1.0 and b.summary.mean[1] > 1.0
+    drift = result.segment_comparisons_table().to_pylist()
+    x1 = next(row for row in drift if row["name"] == "x1")
+    assert (x1["segment_a"], x1["segment_b"]) == ("a", "b")
+    assert x1["settled"] and x1["welch_high"] < 0
+    paths = result.write(str(tmp_path / "out"))
+    assert pq.read_table(paths["summary"]).column("segment").to_pylist() == ["a", "a", "b", "b"]
+    assert pq.read_table(paths["segment_comparisons"]).num_rows == 2
+    decoded_png(paths["segments_chart"])
+    # the same effects whatever the sharding
+    again = sensitivity_importance(model, series, perturbation="permute", segments=segment, n_repeats=6,
+                                   random_state=1, batch_size=50, shard_size=600)
+    for label in ("a", "b"):
+        np.testing.assert_array_equal(again.panel(segment=label).effects, result.panel(segment=label).effects)
+
+
+def test_segments_with_noise_split_the_pooled_sums(drifting):
+    model, series, segment = drifting
+    result = sensitivity_importance(model, series, segments=segment, n_repeats=3, random_state=1)
+    pooled = sensitivity_importance(model, series, n_repeats=3, random_state=1)
+    counts = np.array([(segment == label).sum() for label in ("a", "b")])
+    squares = np.stack([result.panel(segment=label).effects ** 2 for label in ("a", "b")])
+    np.testing.assert_allclose(np.sqrt(np.tensordot(counts, squares, 1) / counts.sum()), pooled.effects, rtol=1e-10)
+
+
+@pytest.mark.parametrize("options, parameter", [
+    (dict(perturbation="permute", condition_on=["x2"]), "condition_on"),
+    (dict(perturbation="conditional-permute"), "condition_on"),
+    (dict(perturbation="conditional-permute", condition_on=["nope"]), "condition_on"),
+    (dict(perturbation="conditional-permute", condition_on=["x2"], strata=0), "strata"),
+    (dict(perturbation="conditional-permute", condition_on=["x2", "x3"], strata=60), "strata"),
+    (dict(segments=["a", "b"]), "segments"),
+    (dict(perturbation="permute", segments=["a"] + ["b"] * 1999), "segments"),
+])
+def test_conditional_and_segment_refusals(correlated, options, parameter):
+    model, series = correlated
+    with pytest.raises(InvalidParameterError) as error:
+        sensitivity_importance(model, series, n_repeats=2, feature_names=["x1", "x2", "x3"], **options)
+    assert error.value.parameter == parameter
+    assert "got" in str(error.value)
