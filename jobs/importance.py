@@ -13,6 +13,8 @@ or a Keras Masking layer on the input), long-form series may have different
 lengths and are padded with it (--padding post|pre); padded steps are never
 perturbed. The model is loaded in Keras safe mode; any output shape works
 (the effect covers all output values, masked output steps left out).
+With --segment-column COL (Parquet), importance is computed per segment (COL
+must be constant within each series) with comparisons of consecutive segments.
 Attaches to RAY_ADDRESS or starts an embedded local Ray.
 """
 
@@ -25,7 +27,7 @@ from rnnimp import cli
 from rnnimp.errors import InvalidParameterError
 
 JOB = "importance"
-INPUTS = {"X": "--data", "y": "--labels"}  # the API's data parameters, as this job's options
+INPUTS = {"X": "--data", "y": "--labels", "segments": "--segment-column"}  # the API's data parameters, as this job's options
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -65,6 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InvalidParameterError("--mask-value", f"must name inputs of the model ({', '.join(input_names)})",
                                         unknown[0])
     defaults = masking_values(model)
+    segments = None
+    if args.segment_column is not None:
+        holders = [name for name in input_names if args.segment_column in data.parquet_columns(paths[name])]
+        if not holders:
+            raise InvalidParameterError("--segment-column", "must name a column of a Parquet --data file",
+                                        args.segment_column)
+        segments = data.segment_labels(paths[holders[0]], args.segment_column, series_column=args.series_column)
     loaded = {}
     for name, shape in zip(input_names, model_input_shapes(model)):
         kind = data.SEQUENCE if len(shape) == 2 else data.STATIC
@@ -74,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded[name] = data.load_input(
             paths[name], kind, parameter=f"--data {name}" if several else "--data",
             series_column=args.series_column, time_column=args.time_column,
-            mask_value=mask if kind == data.SEQUENCE else None, padding=args.padding)
+            mask_value=mask if kind == data.SEQUENCE else None, padding=args.padding,
+            drop_columns=() if args.segment_column is None else (args.segment_column,))
     data.match_series(loaded)
     n_features = sum(item.array.shape[-1] for item in loaded.values())
     names = data.feature_names_from_option(args.feature_names, n_features)
@@ -91,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from rnnimp.options import prepare
 
-    options = cli.options_from_args(args, JOB, feature_names=names)
+    options = cli.options_from_args(args, JOB, feature_names=names, segments=segments)
     request = prepare(model, X, labels, options, cli.parameter_names(JOB, INPUTS))
     job = {"name": JOB, "model": args.model, "data": args.data if several else args.data[0], "labels": args.labels}
     cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
