@@ -164,7 +164,7 @@ class ImportanceResult:
             return None
         groups: dict[tuple, list[ImportanceResult]] = {}
         for panel in panels:
-            key = tuple((k, v) for k, v in panel.labels.items() if k != "segment")
+            key = tuple((k, v) for k, v in panel.labels.items() if k != "segment")  # metric, output
             groups.setdefault(key, []).append(panel)
         tables = []
         for key, members in groups.items():
@@ -227,7 +227,8 @@ class ImportanceResult:
 
     def _siblings(self, varying: str) -> list["ImportanceResult"]:
         """The panels that share this panel's labels except ``varying``, in panel order."""
-        fixed = {k: v for k, v in self.labels.items() if k != varying}
+        varying_keys = {varying, "output_name"} if varying == "output" else {varying}
+        fixed = {k: v for k, v in self.labels.items() if k not in varying_keys}
         return [p for p in self.panels or [self] if all(p.labels.get(k) == v for k, v in fixed.items())]
 
     def segments_chart_png(self) -> bytes | None:

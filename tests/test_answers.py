@@ -222,3 +222,21 @@ def test_conditional_and_segment_refusals(correlated, options, parameter):
         sensitivity_importance(model, series, n_repeats=2, feature_names=["x1", "x2", "x3"], **options)
     assert error.value.parameter == parameter
     assert "got" in str(error.value)
+
+
+def test_merge_of_runs_with_panels_equals_one_run(model, sample, tmp_path):
+    from rnnimp.merge import merge_runs
+
+    options = dict(metric=("rms", "mae"), per_output=True, random_state=9)
+    folders = []
+    for first in (0, 2):
+        part = sensitivity_importance(model, sample, n_repeats=2, first_repeat=first, **options)
+        folders.append(str(tmp_path / f"part{first}"))
+        part.write(folders[-1], chart=False)
+    merged = merge_runs(folders)
+    whole = sensitivity_importance(model, sample, n_repeats=4, **options)
+    assert [p.labels for p in merged.panels] == [p.labels for p in whole.panels]
+    for a, b in zip(merged.panels, whole.panels):
+        np.testing.assert_array_equal(a.effects, b.effects)
+        np.testing.assert_array_equal(a.summary.mean, b.summary.mean)
+    assert merged.summary_table().column_names[:2] == ["metric", "output"]
