@@ -274,7 +274,10 @@ class ImportanceResult:
                                 loss=configuration.get("loss"))
 
     def format_summary(self) -> str:
-        """The summary as a plain-text table, most important first."""
-        from .report import format_summary
+        """The summary as a plain-text table, most important first; one titled table per panel."""
+        from .report import format_summary, panel_title, panels
 
-        return format_summary(self.summary_table(), self.confidence)
+        parts = []
+        for labels, rows in panels(self.summary_table()):
+            parts += [*([panel_title(labels)] if labels else []), format_summary(rows, self.confidence), ""]
+        return "\n".join(parts[:-1])

@@ -240,3 +240,14 @@ def test_merge_of_runs_with_panels_equals_one_run(model, sample, tmp_path):
         np.testing.assert_array_equal(a.effects, b.effects)
         np.testing.assert_array_equal(a.summary.mean, b.summary.mean)
     assert merged.summary_table().column_names[:2] == ["metric", "output"]
+
+
+def test_a_checkpoint_keeps_every_column_of_the_sums(model, sample, tmp_path):
+    options = dict(n_repeats=2, metric=("rms", "mae"), per_output=True, segments=np.arange(200) % 2,
+                   checkpoint=str(tmp_path / "run"))
+    first = sensitivity_importance(model, sample, **options)  # not written: the checkpoint stays
+    again = sensitivity_importance(model, sample, **options)
+    assert again.metadata["units_from_checkpoint"] == again.metadata["n_units"] > 0
+    for a, b in zip(first.panels, again.panels):
+        assert a.labels == b.labels
+        np.testing.assert_array_equal(a.effects, b.effects)
