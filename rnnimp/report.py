@@ -91,7 +91,8 @@ def format_bootstrap_methods(table: pa.Table) -> str | None:
         return "bootstrap intervals: none (t-intervals only)"
     if "bca" not in methods:
         return "bootstrap intervals: percentile"
-    fallback = [label for label, method in zip(row_labels(table), methods) if method == "percentile"]
+    fallback = list(dict.fromkeys(  # each name once, also when several panels list it
+        label for label, method in zip(row_labels(table), methods) if method == "percentile"))
     if not fallback:
         return "bootstrap intervals: BCa"
     return f"bootstrap intervals: BCa; percentile for {', '.join(fallback)} (BCa undefined)"
