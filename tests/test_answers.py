@@ -251,3 +251,20 @@ def test_a_checkpoint_keeps_every_column_of_the_sums(model, sample, tmp_path):
     for a, b in zip(first.panels, again.panels):
         assert a.labels == b.labels
         np.testing.assert_array_equal(a.effects, b.effects)
+
+
+def test_adaptive_repeats_wait_for_every_panel(model, sample):
+    result = sensitivity_importance(model, sample, n_repeats=3, metric=("rms", "mae"), per_output=True,
+                                    target_halfwidth=1e-3, max_repeats=6, wave_repeats=3)
+    for panel in result.panels:
+        assert panel.metadata["adaptive"]["met"] == result.metadata["adaptive"]["met"]
+        assert panel.effects.shape == result.effects.shape
+
+
+def test_segments_with_a_time_step_map_name_the_steps_in_the_comparisons():
+    series = np.random.default_rng(2).random((40, 2, 3), dtype=np.float32)
+    result = sensitivity_importance(two_output_model(time_steps=2), series, n_repeats=2, per_step=True,
+                                    segments=np.repeat(["early", "late"], 20))
+    drift = result.segment_comparisons_table()
+    assert drift["name"].to_pylist()[:2] == ["x1[0]", "x1[1]"] and drift.num_rows == 3 * 2
+    assert result.segments_chart_png() is None  # a map per segment: the tables, no line chart

@@ -74,3 +74,10 @@ def test_metrics_outputs_conditional_and_segments_end_to_end_on_ray(files, tmp_p
     shown = call_job("jobs.show", str(out))
     assert shown.returncode == 0, shown.stderr
     assert "metric=mae segment=2024-02 output=t3" in shown.stdout
+
+
+def test_seed_importance_takes_several_metrics_and_refuses_bad_ones(tmp_path):
+    done = call_job("jobs.seed_importance", "--metric", "rms,median", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "--metric: must be one of rms, mae, loss-increase" in done.stderr
+    done = call_job("jobs.seed_importance", "--output-names", "a", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "--output-names: needs --per-output" in done.stderr
