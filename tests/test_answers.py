@@ -268,3 +268,28 @@ def test_segments_with_a_time_step_map_name_the_steps_in_the_comparisons():
     drift = result.segment_comparisons_table()
     assert drift["name"].to_pylist()[:2] == ["x1[0]", "x1[1]"] and drift.num_rows == 3 * 2
     assert result.segments_chart_png() is None  # a map per segment: the tables, no line chart
+
+
+def test_per_output_leaves_masked_outputs_out_of_each_output():
+    from rnnimp.perturb import sample_noise as noise
+    from test_masks import T, masked_lstm
+
+    rng = np.random.default_rng(8)
+    x = rng.uniform(0.2, 1.0, size=(40, T, 3)).astype(np.float32)
+    lengths = rng.integers(3, T + 1, size=40)
+    for s, length in enumerate(lengths):
+        x[s, :T - length] = 0.0  # pre-padded: the outputs at padded steps are masked
+    model = masked_lstm(True)
+    result = sensitivity_importance(model, x, n_repeats=2, random_state=3, per_output=True, batch_size=16,
+                                    shard_size=32)
+    pooled = sensitivity_importance(model, x, n_repeats=2, random_state=3, batch_size=16, shard_size=32)
+    np.testing.assert_array_equal(result.effects, pooled.effects)
+    real = np.any(x != 0.0, axis=-1)
+    perturbed = x.copy()
+    z = noise(noise_key(3, 0, 0), 0, len(x), T, 1)[:, :, 0]
+    perturbed[..., 0] += np.where(real, 0.2 * z, 0.0).astype(np.float32)
+    change = np.square(model.predict(perturbed, verbose=0)[..., 0].astype(np.float64)
+                       - model.predict(x, verbose=0)[..., 0])
+    for step in (0, T - 1):
+        expected = np.sqrt(change[real[:, step], step].mean())
+        assert result.panel(output=step).effects[0, 0] == pytest.approx(expected, rel=2e-4)
