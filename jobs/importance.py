@@ -27,7 +27,8 @@ from rnnimp import cli
 from rnnimp.errors import InvalidParameterError
 
 JOB = "importance"
-INPUTS = {"X": "--data", "y": "--labels", "segments": "--segment-column"}  # the API's data parameters, as this job's options
+# the API's data parameters, as this job's options
+INPUTS = {"X": "--data", "y": "--labels", "segments": "--segment-column"}
 
 
 def parse_args(argv: Sequence[str] | None):
