@@ -13,6 +13,8 @@ or a Keras Masking layer on the input), long-form series may have different
 lengths and are padded with it (--padding post|pre); padded steps are never
 perturbed. The model is loaded in Keras safe mode; any output shape works
 (the effect covers all output values, masked output steps left out).
+With --segment-column COL (Parquet), importance is computed per segment (COL
+must be constant within each series) with comparisons of consecutive segments.
 Attaches to RAY_ADDRESS or starts an embedded local Ray.
 """
 
@@ -25,7 +27,8 @@ from rnnimp import cli
 from rnnimp.errors import InvalidParameterError
 
 JOB = "importance"
-INPUTS = {"X": "--data", "y": "--labels"}  # the API's data parameters, as this job's options
+# the API's data parameters, as this job's options
+INPUTS = {"X": "--data", "y": "--labels", "segments": "--segment-column"}
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -63,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_tensorflow(None)
         model = load_model(args.model, "--model")
-        X, labels, names, several = _load_inputs(args, model, mask_value)
-        options = cli.options_from_args(args, JOB, feature_names=names)
+        X, labels, names, segments, several = _load_inputs(args, model, mask_value)
+        options = cli.options_from_args(args, JOB, feature_names=names, segments=segments)
         request = prepare(model, X, labels, options, parameter_names)
         job = {"name": JOB, "model": args.model, "data": args.data if several else args.data[0],
                "labels": args.labels}
@@ -81,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load_inputs(args, model, mask_value):
-    """The data of every model input (X: one array, or {input name: array}), labels, feature names, several."""
+    """The data of every model input (X: one array, or {input name: array}), labels, feature names,
+    the segment of each series (``--segment-column``, else None), and whether the model has several inputs."""
     from rnnimp import data
     from rnnimp.inputs import masking_values, model_input_names, model_input_shapes
 
@@ -94,6 +98,13 @@ def _load_inputs(args, model, mask_value):
             raise InvalidParameterError("--mask-value", f"must name inputs of the model ({', '.join(input_names)})",
                                         unknown[0])
     defaults = masking_values(model)
+    segments = None
+    if args.segment_column is not None:
+        holders = [name for name in input_names if args.segment_column in data.parquet_columns(paths[name])]
+        if not holders:
+            raise InvalidParameterError("--segment-column", "must name a column of a Parquet --data file",
+                                        args.segment_column)
+        segments = data.segment_labels(paths[holders[0]], args.segment_column, series_column=args.series_column)
     loaded = {}
     for name, shape in zip(input_names, model_input_shapes(model)):
         kind = data.SEQUENCE if len(shape) == 2 else data.STATIC
@@ -103,7 +114,8 @@ def _load_inputs(args, model, mask_value):
         loaded[name] = data.load_input(
             paths[name], kind, parameter=f"--data {name}" if several else "--data",
             series_column=args.series_column, time_column=args.time_column,
-            mask_value=mask if kind == data.SEQUENCE else None, padding=args.padding)
+            mask_value=mask if kind == data.SEQUENCE else None, padding=args.padding,
+            drop_columns=() if args.segment_column is None else (args.segment_column,))
     data.match_series(loaded)
     n_features = sum(item.array.shape[-1] for item in loaded.values())
     names = data.feature_names_from_option(args.feature_names, n_features)
@@ -117,7 +129,7 @@ def _load_inputs(args, model, mask_value):
     if args.labels is not None:
         labels = data.load_labels(args.labels, len(next(iter(loaded.values())).array),
                                   series_column=args.series_column, time_column=args.time_column)
-    return X, labels, names, several
+    return X, labels, names, segments, several
 
 
 if __name__ == "__main__":

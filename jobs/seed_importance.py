@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--model", f"must take input (batch, {reference.TIME_STEPS}, {reference.N_FEATURES})",
                 f"{args.model} with input {shape_model.input_shape}")
         labels = None
-        if args.metric == "loss-increase":
+        if "loss-increase" in args.metric.split(","):
             if tuple(shape_model.output_shape[1:]) not in ((reference.TIME_STEPS,), (reference.TIME_STEPS, 1)):
                 raise InvalidParameterError(
                     "--model", f"must have one output per time step ({reference.TIME_STEPS}) for --metric "

@@ -46,7 +46,8 @@ def sensitivity_importance(
     metric. ``options``: any field of :class:`Options` (n_repeats,
     perturbation, noise_scale, metric, groups, per_step, resample,
     random_state, confidence, interval, target_halfwidth, feature_names,
-    mask_value, padding, batch_size, shard_size, ...). ``executor``: ``"local"`` (in-process, the
+    mask_value, padding, batch_size, shard_size, ...; several metrics at once, per_output,
+    output_names, condition_on, strata, segments). ``executor``: ``"local"`` (in-process, the
     default), ``"ray"`` (actors on the Ray cluster you are connected to,
     shut down before returning), or an :class:`Executor` such as
     :class:`rnnimp.distributed.RayExecutor` (left running); all give

@@ -75,8 +75,12 @@ class LoadedInput:
 def load_input(
     path: str, kind: str, *, parameter: str = "--data", series_column: str = "series",
     time_column: str = "time", mask_value: float | None = None, padding: str = "post",
+    drop_columns: Sequence[str] = (),
 ) -> LoadedInput:
-    """A sequence input (``kind="sequence"``) or a static input (``"static"``) read from ``path``."""
+    """A sequence input (``kind="sequence"``) or a static input (``"static"``) read from ``path``.
+
+    ``drop_columns``: Parquet columns that are not features (e.g. a segment column), left out if present.
+    """
     extension, filesystem, resolved = _locate(parameter, path)
     if extension == NPY:
         array = _read_npy(parameter, path, filesystem, resolved)
@@ -91,6 +95,7 @@ def load_input(
         flat = validation.series_array(parameter, array[:, None, :])
         return LoadedInput(np.ascontiguousarray(flat[:, 0, :]), None, None)
     table = _read_parquet(parameter, path, filesystem, resolved)
+    table = table.drop_columns([name for name in drop_columns if name in table.column_names])
     if kind == STATIC:
         return _static_table(parameter, table, series_column, time_column)
     if mask_value is None:
@@ -486,3 +491,40 @@ def _finite_column(parameter: str, column: pa.ChunkedArray, name: str) -> np.nda
             ", ".join(f"{count} {kind}" for kind, count in counts.items() if count),
         )
     return values
+
+
+def parquet_columns(path: str, parameter: str = "--data") -> list[str]:
+    """The column names of a Parquet file ([] for a .npy file)."""
+    extension, filesystem, resolved = _locate(parameter, path)
+    if extension != PARQUET:
+        return []
+    with filesystem.open_input_file(resolved) as stream:
+        return list(pq.ParquetFile(stream).schema_arrow.names)
+
+
+def segment_labels(path: str, segment_column: str, *, parameter: str = "--segment-column",
+                   series_column: str = "series") -> np.ndarray:
+    """The segment of each series, in sorted series-id order (the order of the loaded arrays).
+
+    ``segment_column`` must be constant within each series and hold no nulls;
+    refused otherwise, naming a series whose rows disagree.
+    """
+    extension, filesystem, resolved = _locate(parameter, path)
+    table = _read_parquet(parameter, path, filesystem, resolved)
+    column = table[segment_column]
+    if column.null_count:
+        raise InvalidParameterError(parameter, f"column {segment_column!r} must not hold nulls",
+                                    f"{column.null_count} rows")
+    ids, codes = _sorted_codes(parameter, table[series_column], series_column, ID_KINDS)
+    segments, segment_codes = _sorted_codes(parameter, column, segment_column,
+                                            (lambda data_type: not pa.types.is_nested(data_type), "plain values"))
+    first = np.full(len(ids), -1, dtype=np.int64)
+    first[codes[::-1]] = segment_codes[::-1]  # each series' segment in its first row
+    varying = np.flatnonzero(first[codes] != segment_codes)
+    if varying.size:
+        series = codes[varying[0]]
+        values = sorted({segments[c].as_py() for c in segment_codes[codes == series]}, key=str)
+        raise InvalidParameterError(parameter, f"column {segment_column!r} must be constant within each series "
+                                    f"(one segment per series)", f"series {ids[series].as_py()!r} has "
+                                    f"{', '.join(map(repr, values[:3]))}")
+    return np.asarray(segments.to_pylist(), dtype=object)[first]

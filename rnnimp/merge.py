@@ -18,6 +18,7 @@ from . import output, stats
 from .checkpoint import differences
 from .errors import InvalidParameterError
 from .options import REPEAT_KEYS  # configuration entries that only say which repeats a run computed
+from .report import LABEL_COLUMNS, panels
 from .result import ImportanceResult
 from .seeding import Stream, generator
 
@@ -46,7 +47,8 @@ def merge_runs(folders: Sequence[str]) -> ImportanceResult:
     """One result from the effects of ``folders`` (same configuration, model and data).
 
     Refuses runs that differ in anything but their repeats, naming the
-    difference, and repeats computed twice.
+    difference, and repeats computed twice. Runs of several metrics, per
+    output or per segment merge panel by panel (by their label columns).
     """
     if len(folders) < 2:
         raise InvalidParameterError("DIR", "must name at least two runs to merge", list(folders))
@@ -60,11 +62,28 @@ def merge_runs(folders: Sequence[str]) -> ImportanceResult:
                 f"{', '.join(differing)})", folder)
     table = pa.concat_tables([table.replace_schema_metadata(None) for table, _ in runs])
     per_step = "step" in table.column_names
-    keys = ["feature_index", "step", "repeat"] if per_step else ["feature_index", "repeat"]
+    labels = [name for name in LABEL_COLUMNS if name in table.column_names]  # several metrics, outputs, segments
+    keys = [*labels, "feature_index", "step", "repeat"] if per_step else [*labels, "feature_index", "repeat"]
     if table.group_by(keys).aggregate([([], "count_all")]).num_rows != table.num_rows:
         raise InvalidParameterError("DIR", "must not compute the same repeat twice (use --first-repeat)",
                                     list(folders))
     configuration = first_metadata["configuration"]
+    repeat = np.asarray(table["repeat"])
+    first, last = int(repeat.min()), int(repeat.max())
+    merged_configuration = {**configuration, "first_repeat": first, "n_repeats": last - first + 1}
+    metadata = {**first_metadata, "configuration": merged_configuration, "merged_from": list(folders),
+                "timings_s": {}}
+    metadata.pop("adaptive", None)
+    results = [_panel(rows, configuration, metadata, per_step, first, last, panel_labels)
+               for panel_labels, rows in panels(table)]
+    if len(results) > 1:
+        results[0].panels = results
+    return results[0]
+
+
+def _panel(table: pa.Table, configuration: dict[str, Any], metadata: dict[str, Any], per_step: bool,
+           first: int, last: int, labels: dict[str, Any]) -> ImportanceResult:
+    """One panel's merged result from its rows of the concatenated effects (repeats ``first..last``)."""
     index = np.asarray(table["feature_index"])
     repeat = np.asarray(table["repeat"])
     n_targets = int(index.max()) + 1
@@ -72,18 +91,13 @@ def merge_runs(folders: Sequence[str]) -> ImportanceResult:
     # step -1: a static feature in a time-step map (a null step)
     step = np.asarray(table["step"].fill_null(-1)) if per_step else np.full_like(index, -1)
     cells, row = np.unique(np.column_stack([index, step]), axis=0, return_inverse=True)
-    first = int(repeat.min())
-    effects = np.full((len(cells), int(repeat.max()) - first + 1), np.nan)
+    effects = np.full((len(cells), last - first + 1), np.nan)
     effects[row.ravel(), repeat - first] = np.asarray(table["effect"])
     summary = stats.summarize(effects, configuration["confidence"],
-                              generator(first_metadata["seed"], Stream.BOOTSTRAP),
+                              generator(metadata["seed"], Stream.BOOTSTRAP),
                               interval=configuration["interval"])
     _, first_rows = np.unique(index, return_index=True)  # one row per target, by index
     names = table.take(pa.array(first_rows))
-    merged_configuration = {**configuration, "first_repeat": first, "n_repeats": effects.shape[1]}
-    metadata = {**first_metadata, "configuration": merged_configuration, "merged_from": list(folders),
-                "timings_s": {}}
-    metadata.pop("adaptive", None)
     if per_step:
         grid = np.full((n_targets, n_steps, effects.shape[1]), np.nan)
         grid[cells[:, 0], np.maximum(cells[:, 1], 0)] = effects
@@ -92,4 +106,5 @@ def merge_runs(folders: Sequence[str]) -> ImportanceResult:
     return ImportanceResult(names["feature"].to_pylist(), names["features"].to_pylist(),
                             grid, summary, configuration["confidence"], metadata,
                             cells=[(int(t), None if s < 0 else int(s)) for t, s in cells] if per_step else None,
-                            target_inputs=names["input"].to_pylist() if "input" in names.column_names else None)
+                            target_inputs=names["input"].to_pylist() if "input" in names.column_names else None,
+                            labels=labels)

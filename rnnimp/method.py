@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from .conditional import conditional_permutation
 from .errors import API_NAMES, InvalidParameterError, Names
 from .inputs import InputLayout, real_steps
 from .perturb import Perturbation, bootstrap_weights, perturb_inputs, permutation
@@ -176,6 +177,7 @@ class ShardEvaluator:
         self._buffers = [np.zeros((batch_size, *shape), dtype=np.float32) for shape in self.inputs.shapes]
         self._holds: list[tuple | None] = [None] * self.inputs.n_inputs  # (array ref, start, stop) held unchanged
         self._permutation: tuple[tuple, np.ndarray] | None = None
+        self._stratified: tuple | None = None  # (key, strata ids, donors) of the last conditional permutation
 
     def compile(self) -> None:
         """Trace and compile the forward pass now (on the zero buffers), not on the first unit."""
@@ -232,7 +234,7 @@ class ShardEvaluator:
 
     def unit_sums(
         self, sample, baseline: np.ndarray, labels: np.ndarray | None, unit: Unit,
-        perturbation: Perturbation, metric: Metric,
+        perturbation: Perturbation, metric: Metric, *, measures: "Measures | None" = None,
     ) -> np.ndarray:
         """Per-batch weighted sums of the metric's terms and weighted counts of values.
 
@@ -241,11 +243,22 @@ class ShardEvaluator:
         unperturbed predictions of the unit's shard (shard rows, outputs), NaN
         at masked outputs; ``labels``: (series, outputs) or None. Returns
         float64 (batches in shard, 2): column 0 the sums, column 1 the counts.
+
+        With ``measures`` (several metrics, per-output sums, segments or
+        donor strata, see :class:`Measures`), returns float64 (batches in
+        shard, columns, 2), one column per (metric, segment, output) in
+        :meth:`Measures.columns` order, all from the same forward passes.
         """
         sample = as_inputs(sample)
         layout = self.inputs
-        sources = self._sources(unit.key, len(sample[0])) if perturbation.kind == "permute" else None
-        sums = np.empty((math.ceil((unit.shard.stop - unit.shard.start) / self.batch_size), 2))
+        plain = measures is None
+        measures = Measures((metric,)) if measures is None else measures
+        sources = None
+        if perturbation.kind == "permute":
+            sources = (self._sources(unit.key, len(sample[0])) if measures.donor_strata is None
+                       else self._stratified_sources(unit.key, measures.donor_strata[unit.target]))
+        n_batches = math.ceil((unit.shard.stop - unit.shard.start) / self.batch_size)
+        sums = None
         for index, (start, stop) in enumerate(self._batches(unit.shard)):
             batches = self._load(sample, start, stop)
             real = [real_steps(batch, mask_value) if layout.is_sequence(k) else None
@@ -256,21 +269,93 @@ class ShardEvaluator:
                 self._holds[k] = None
             perturbed = self._run(stop - start)[0].astype(np.float64)
             offset = start - unit.shard.start
-            terms = metric.terms(perturbed, baseline[offset:offset + stop - start],
-                                 None if labels is None else labels[start:stop])
-            if self.output_mask:
-                valid = ~np.isnan(baseline[offset:offset + stop - start])
-                terms = np.where(valid, terms, 0.0)
-                counts = valid.sum(axis=1).astype(np.float64)
+            shard_baseline = baseline[offset:offset + stop - start]
+            if sums is None:
+                sums = np.empty((n_batches, measures.n_columns(perturbed.shape[1]), 2))
+            valid = ~np.isnan(shard_baseline) if self.output_mask else None
+            weights = None if unit.resample is None else bootstrap_weights(unit.resample, start, stop - start)
+            rows = None if measures.segment_ids is None else measures.segment_ids[start:stop]
+            column = 0
+            for measure in measures.metrics:
+                terms = measure.terms(perturbed, shard_baseline, None if labels is None else labels[start:stop])
+                if valid is not None:
+                    terms = np.where(valid, terms, 0.0)
+                for segment in range(measures.n_segments):
+                    chosen = None if rows is None else rows == segment
+                    column = _batch_sums(sums[index], column, terms, valid, weights, chosen, measures.per_output)
+        return sums[:, 0, :] if plain else sums
+
+    def _stratified_sources(self, key: tuple[int, int], strata_ids: np.ndarray) -> np.ndarray:
+        held = self._stratified
+        if held is None or held[0] != key or held[1] is not strata_ids:
+            held = self._stratified = (key, strata_ids, conditional_permutation(key, strata_ids))
+        return held[2]
+
+
+@dataclass(frozen=True)
+class Measures:
+    """What a unit's forward passes are summed into, beyond one metric pooled over everything.
+
+    ``metrics``: every metric asked for (one set of forward passes serves
+    all); ``per_output``: also one column per output value; ``segment_ids``:
+    int64 (series,), the segment of each series (0 .. n_segments-1) or None;
+    ``donor_strata``: int64 (series,) or None: a permutation exchanges
+    trajectories only between series of one stratum (conditional
+    permutation, and permutation within segments).
+
+    Columns, in order: for each metric, for each segment, the pooled sum
+    over all outputs, then (``per_output``) one per output value.
+    """
+
+    metrics: tuple[Metric, ...]
+    per_output: bool = False
+    segment_ids: np.ndarray | None = field(default=None, compare=False)
+    n_segments: int = 1
+    donor_strata: tuple[np.ndarray, ...] | None = field(default=None, compare=False)
+
+    def outputs_per_segment(self, n_outputs: int) -> int:
+        return 1 + n_outputs if self.per_output else 1
+
+    def n_columns(self, n_outputs: int) -> int:
+        return len(self.metrics) * self.n_segments * self.outputs_per_segment(n_outputs)
+
+    def columns(self, n_outputs: int) -> list[tuple[int, int, int]]:
+        """(metric index, segment, output) of each column; output -1: all outputs pooled."""
+        outputs = [-1, *range(n_outputs)] if self.per_output else [-1]
+        return [(m, g, o) for m in range(len(self.metrics)) for g in range(self.n_segments) for o in outputs]
+
+
+def _batch_sums(row: np.ndarray, column: int, terms: np.ndarray, valid: np.ndarray | None,
+                weights: np.ndarray | None, chosen: np.ndarray | None, per_output: bool) -> int:
+    """Fill ``row[column:]`` (columns, 2) with one batch's sums and counts; return the next column.
+
+    ``terms`` (rows, outputs); ``valid`` (rows, outputs) bool or None (all
+    valid); ``weights`` (rows,) bootstrap weights or None; ``chosen`` (rows,)
+    bool, the rows of one segment, or None (all rows). The pooled column sums
+    each row over the outputs first, then the rows exactly (``math.fsum``),
+    as a run without these extras does, so its results are bit-identical.
+    """
+    if chosen is not None:
+        terms = terms[chosen]
+        valid = None if valid is None else valid[chosen]
+        weights = None if weights is None else weights[chosen]
+    counts = None if valid is None else valid.sum(axis=1).astype(np.float64)
+    if weights is None:
+        row[column] = math.fsum(terms.sum(axis=1)), terms.size if counts is None else counts.sum()
+    else:
+        row[column] = (math.fsum((terms * weights[:, None]).sum(axis=1)),
+                       weights.sum() * terms.shape[1] if counts is None else (weights * counts).sum())
+    column += 1
+    if per_output:
+        for output in range(terms.shape[1]):
+            values = terms[:, output]
+            present = np.ones(len(values)) if valid is None else valid[:, output].astype(np.float64)
+            if weights is None:
+                row[column] = math.fsum(values), present.sum()
             else:
-                counts = None
-            if unit.resample is None:
-                sums[index] = math.fsum(terms.sum(axis=1)), terms.size if counts is None else counts.sum()
-            else:
-                weights = bootstrap_weights(unit.resample, start, stop - start)
-                sums[index] = (math.fsum((terms * weights[:, None]).sum(axis=1)),
-                               weights.sum() * terms.shape[1] if counts is None else (weights * counts).sum())
-        return sums
+                row[column] = math.fsum(values * weights), (weights * present).sum()
+            column += 1
+    return column
 
 
 def as_inputs(sample) -> Sequence[np.ndarray]:
@@ -282,4 +367,7 @@ def as_inputs(sample) -> Sequence[np.ndarray]:
 def effect(batch_sums: Iterable[np.ndarray], metric: Metric) -> float:
     """The effect of one (target, step, repeat) from the per-batch sums of its shards."""
     stacked = np.concatenate(list(batch_sums))
-    return metric.finalize(math.fsum(stacked[:, 0]) / math.fsum(stacked[:, 1]))
+    count = math.fsum(stacked[:, 1])
+    if count == 0:  # e.g. a bootstrap draw that weights every series of a segment 0
+        return math.nan
+    return metric.finalize(math.fsum(stacked[:, 0]) / count)

@@ -29,8 +29,13 @@ from . import logs, stats, validation
 from .errors import API_NAMES, InvalidParameterError, Names
 from .inputs import (PADDINGS, InputLayout, feature_names as input_feature_names, input_arrays, layout_of,
                      model_input_names, resolve_mask_values)
-from .method import LOSSES, METRICS, Layout, Metric, Target
-from .perturb import PERTURBATIONS, Perturbation
+from .method import LOSSES, METRICS, Layout, Measures, Metric, Target
+from . import conditional
+from .conditional import DEFAULT_STRATA
+from .perturb import PERTURBATIONS as _PERTURB_KINDS, Perturbation
+
+CONDITIONAL = "conditional-permute"
+PERTURBATIONS = (*_PERTURB_KINDS, CONDITIONAL)
 from .worker import Settings
 
 JOBS = ("seed_importance", "importance")  # the importance jobs, by module name under jobs/
@@ -120,6 +125,24 @@ def parse_mask_values(values: Sequence[str]) -> float | dict[str, float] | None:
     return parsed
 
 
+def parse_metrics(value: str) -> str | tuple[str, ...]:
+    """``"rms"`` stays "rms"; ``"rms,mae"`` is ("rms", "mae")."""
+    names = tuple(name.strip() for name in value.split(","))
+    return names[0] if len(names) == 1 else names
+
+
+def metric_names(metric: str | Sequence[str]) -> tuple[str, ...]:
+    """The metrics asked for, as a tuple (one name, or several)."""
+    return (metric,) if isinstance(metric, str) else tuple(metric)
+
+
+def _applies(value: Any, wanted: Any) -> bool:
+    """Whether an option's ``only_with`` condition holds (a list of metrics holds if it contains ``wanted``)."""
+    if isinstance(value, (list, tuple)):
+        return wanted in value
+    return value == wanted
+
+
 DEFAULT_BATCH_SIZE = 4096
 DEFAULT_SHARD_SIZE = 65536
 
@@ -138,7 +161,18 @@ class Options:
         ``ablate_value``: "mean", "zero" or a number).
     metric : ``"rms"`` or ``"mae"`` output change, or ``"loss-increase"``
         (``loss`` "mse" or "binary-crossentropy" against labels ``y``,
-        (series, ...) with one label per model output).
+        (series, ...) with one label per model output); or several of them,
+        e.g. ("rms", "mae"), all from one set of forward passes, each equal
+        bit for bit to a run of it alone.
+    per_output, output_names : also the effect on each output value (the
+        model's outputs flattened per series, in order), with names.
+    condition_on, strata : with perturbation ``"conditional-permute"``,
+        exchange a target's values only between series in the same stratum
+        of these features' per-series means (``strata`` quantile bins each;
+        see :mod:`rnnimp.conditional`).
+    segments, segment_column : one label per series (a month, a site):
+        importance per segment, from the same units; ``segment_column`` is
+        the Parquet column the jobs read them from.
     groups : {name: [feature names or indexes]} perturbed jointly, reported
         as extra rows after the features.
     per_step : a (targets, steps) map: perturb at each time step t alone.
@@ -180,7 +214,8 @@ class Options:
     perturbation: str = _option(
         "noise", flag="--perturbation", choices=PERTURBATIONS,
         help="noise: add Gaussian noise; permute: exchange a feature's trajectory between series; "
-             "ablate: replace it by --ablate-value (default: %(default)s)")
+             "ablate: replace it by --ablate-value; conditional-permute: permute within strata of "
+             "--condition-on (default: %(default)s)")
     noise_scale: float | None = _option(
         0.2, flag="--noise-scale", type=float, only_with=("perturbation", "noise"),
         help="standard deviation of the added noise, in the feature's units (default: %(default)s)")
@@ -190,13 +225,31 @@ class Options:
     ablate_value: str | float = _option(
         "mean", flag="--ablate-value", recorded=False,  # recorded as the values it gives (ablate_values)
         help="mean, zero, or a number (default: %(default)s)")
-    metric: str = _option(
-        "rms", flag="--metric", choices=METRICS,
-        help="rms or mae change of the outputs, or loss-increase: the increase of the loss against the labels "
-             "(default: %(default)s)")
+    metric: str | Sequence[str] = _option(
+        "rms", flag="--metric", metavar="M[,M...]", parse=parse_metrics,
+        help="rms or mae change of the outputs, or loss-increase: the increase of the loss against the labels; "
+             "several, comma-separated, from one set of forward passes (default: %(default)s)")
     loss: str | None = _option(
         "mse", flag="--loss", choices=LOSSES, only_with=("metric", "loss-increase"),
         help="loss of --metric loss-increase (default: %(default)s)")
+    per_output: bool = _option(
+        False, flag="--per-output", recorded=False,
+        help="also the effect on each output value (the model's outputs flattened per series, in order)")
+    output_names: Sequence[str] | None = _option(
+        None, flag="--output-names", metavar="A,B,...", parse=split_names, recorded=False,
+        help="with --per-output: one name per output value (e.g. the classes)")
+    condition_on: Sequence[str | int] | None = _option(
+        None, flag="--condition-on", metavar="F1[,F2...]", parse=split_names, recorded=False,
+        only_with=("perturbation", "conditional-permute"),
+        help="conditional-permute: exchange values only between series in the same stratum of these features")
+    strata: int = _option(
+        DEFAULT_STRATA, flag="--strata", type=int, recorded=False,
+        help="conditional-permute: quantile bins per conditioning feature (default: %(default)s)")
+    segments: Sequence[Any] | None = _option(None, recorded=False)  # recorded as "segment_labels"
+    segment_column: str | None = _option(
+        None, flag="--segment-column", jobs=("importance",), recorded=False,
+        help="Parquet column constant within each series (a month, a site): importance per segment, "
+             "with comparisons of consecutive segments")
     groups: Mapping[str, Sequence[str | int]] | None = _option(
         None, flag="--group", repeatable=True, metavar="NAME=F1,F2", parse=parse_groups,
         help="perturb these features jointly, reported as one row NAME (repeatable)")
@@ -259,8 +312,10 @@ class Options:
             if not spec.recorded:
                 continue
             value = getattr(self, option.name)
-            if spec.only_with is not None and getattr(self, spec.only_with[0]) != spec.only_with[1]:
+            if spec.only_with is not None and not _applies(getattr(self, spec.only_with[0]), spec.only_with[1]):
                 value = None
+            if isinstance(value, tuple):
+                value = list(value)
             recorded[option.name] = value
         return recorded
 
@@ -421,7 +476,7 @@ def resolve_perturbation(kind: str, sample, noise_scale: float, noise_relative: 
             return Perturbation("noise", scales=tuple(float(relative * s) for s in stds))
         scale = validation.positive_finite(names("noise_scale"), noise_scale)
         return Perturbation("noise", scales=(scale,) * n_features)
-    if kind == "permute":
+    if kind in ("permute", CONDITIONAL):  # conditional: a permutation within strata (Settings.measures)
         n_series = len(sample[0]) if isinstance(sample, (tuple, list)) else len(sample)
         if n_series < 2:
             raise InvalidParameterError(names("X"), "must hold at least 2 series to permute", n_series)
@@ -548,17 +603,50 @@ def prepare(model, X, y=None, options: Options = Options(), names: Names = API_N
     targets = resolve_targets(feature_names, o.groups, n("groups"))
     perturb = resolve_perturbation(o.perturbation, arrays, o.noise_scale, o.noise_relative, o.ablate_value, n,
                                    mask_values)
-    measure, labels = resolve_metric(o.metric, o.loss, y, model, n_samples, n)
+    metrics_asked = metric_names(o.metric)
+    if not metrics_asked or len(set(metrics_asked)) != len(metrics_asked):
+        raise InvalidParameterError(n("metric"), f"must be one or more distinct metrics of {', '.join(METRICS)}",
+                                    ",".join(metrics_asked))
+    resolved_metrics = [resolve_metric(name, o.loss, y, model, n_samples, n) for name in metrics_asked]
+    measure = resolved_metrics[0][0]
+    labels = next((found for _, found in resolved_metrics if found is not None), None)
+    output_names = _resolve_output_names(o, model, n)
+    segment_ids, segment_labels = resolve_segments(o.segments, n_samples, n("segments"))
+    donor_strata = None
+    if o.perturbation == CONDITIONAL:
+        donor_strata = conditional_strata(inputs, arrays, targets, o.condition_on, o.strata, feature_names,
+                                          segment_ids, n)
+    elif o.condition_on is not None:
+        raise InvalidParameterError(n("condition_on"), f"needs {n('perturbation')} {CONDITIONAL}", o.condition_on)
+    elif segment_ids is not None and o.perturbation == "permute":
+        donor_strata = _checked_strata(segment_ids, None, n("segments"), "segment")
+        donor_strata = [donor_strata] * len(targets)
+    measures = None
+    if len(metrics_asked) > 1 or o.per_output or segment_ids is not None or donor_strata is not None:
+        measures = Measures(tuple(m for m, _ in resolved_metrics), bool(o.per_output), segment_ids,
+                            len(segment_labels) if segment_labels else 1,
+                            None if donor_strata is None else tuple(donor_strata))
     layout = Layout.for_sample(n_samples, o.batch_size, o.shard_size, n)
     steps = [_target_steps(inputs, target, o.per_step, n("groups")) for target in targets]
     resolved = dataclasses.replace(
         o, n_repeats=n_repeats, confidence=confidence, max_repeats=max_repeats, feature_names=feature_names,
         groups={t.name: [feature_names[i] for i in t.features] for t in targets[n_features:]},
-        batch_size=layout.batch_size, shard_size=layout.shard_size, mask_value=o.mask_value)
+        batch_size=layout.batch_size, shard_size=layout.shard_size, mask_value=o.mask_value,
+        output_names=output_names, segments=None,
+        condition_on=None if o.condition_on is None else [feature_names[feature_index(f, feature_names,
+                                                                              n("condition_on"))]
+                                                          for f in o.condition_on])
     configuration = {
         **resolved.configuration(), "scales": list(perturb.scales), "ablate_values": list(perturb.values),
         "n_samples": n_samples, "time_steps": time_steps, "n_features": n_features,
     }
+    # recorded only where asked for, so the configuration of other runs (and their checkpoints) is unchanged
+    if resolved.per_output:
+        configuration.update(per_output=True, output_names=output_names)
+    if o.perturbation == CONDITIONAL:
+        configuration.update(condition_on=list(resolved.condition_on), strata=o.strata)
+    if segment_labels:
+        configuration.update(segment_column=o.segment_column, segment_labels=segment_labels)
     # recorded only where they matter, so a single-input run without a mask keeps its configuration
     if inputs.n_inputs > 1 or any(v is not None for v in mask_values):
         configuration["inputs"] = {name: {"kind": inputs.kind(k), "shape": list(inputs.shapes[k]),
@@ -566,7 +654,7 @@ def prepare(model, X, y=None, options: Options = Options(), names: Names = API_N
                                    for k, name in enumerate(inputs.names)}
         configuration["padding"] = o.padding
     return Request(resolved, sample, labels, targets, steps,
-                   Settings(layout, perturb, measure, o.jit_compile, inputs), configuration, n)
+                   Settings(layout, perturb, measure, o.jit_compile, inputs, measures), configuration, n)
 
 
 def _target_steps(inputs: InputLayout, target: Target, per_step: bool, parameter: str) -> list[int | None]:
@@ -581,3 +669,112 @@ def _target_steps(inputs: InputLayout, target: Target, per_step: bool, parameter
         raise InvalidParameterError(parameter, "must not mix static and sequence features in a time-step map "
                                     "(per_step)", target.name)
     return list(range(max(inputs.shapes[k][0] for k in sequence)))
+
+
+def _resolve_output_names(o: Options, model, n: Names) -> list[str] | None:
+    """``output_names`` checked: only with per_output, distinct, one per output value if the model says how many."""
+    if o.output_names is None:
+        return None
+    if not o.per_output:
+        raise InvalidParameterError(n("output_names"), f"needs {n('per_output')}", list(o.output_names))
+    outputs = n_outputs(model)
+    names = [str(name) for name in o.output_names]
+    if any(not name for name in names) or validation.repeated(names):
+        raise InvalidParameterError(n("output_names"), "must be distinct non-empty names", list(o.output_names))
+    if outputs is not None and len(names) != outputs:
+        raise InvalidParameterError(n("output_names"), f"must give {outputs} names, one per output value of the "
+                                    "model", list(o.output_names))
+    return names
+
+
+def resolve_segments(segments: Sequence[Any] | None, n_series: int,
+                     parameter: str = "segments") -> tuple[np.ndarray | None, list[str]]:
+    """Segment ids int64 (series,) numbered in sorted order of the labels, and the labels (as strings).
+
+    ``segments``: one label per series (a month, a site...), or None (no segments).
+    """
+    if segments is None:
+        return None, []
+    values = np.asarray(segments)
+    if values.ndim != 1 or len(values) != n_series:
+        raise InvalidParameterError(parameter, f"must hold one label per series ({n_series})",
+                                    f"shape {values.shape}")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise InvalidParameterError(parameter, "must not hold NaN or infinite labels", "NaN or infinite")
+    labels, ids = np.unique(values, return_inverse=True)
+    return ids.reshape(-1).astype(np.int64), [str(label) for label in labels.tolist()]
+
+
+def _checked_strata(segment_ids: np.ndarray, strata_ids: np.ndarray | None, parameter: str, what: str) -> np.ndarray:
+    """Strata combined with segments (permutation stays within both); refuse one of a single series."""
+    if strata_ids is None:
+        combined = segment_ids
+    else:
+        _, combined = np.unique(np.column_stack([segment_ids, strata_ids]), axis=0, return_inverse=True)
+        combined = combined.reshape(-1)
+    counts = np.bincount(combined)
+    if (counts < 2).any():
+        raise InvalidParameterError(
+            parameter, f"every {what} must hold at least 2 series to permute within it "
+            f"({int((counts < 2).sum())} hold 1)", int((counts < 2).sum()))
+    return combined.astype(np.int64)
+
+
+def _series_means(inputs: InputLayout, arrays: Sequence[np.ndarray], features: Sequence[int]) -> np.ndarray:
+    """Each feature's mean over the real time steps of each series (static: its value): float64 (series, features)."""
+    columns = []
+    for feature in features:
+        k, column = inputs.locate(feature)
+        array = arrays[k]
+        if not inputs.is_sequence(k):
+            columns.append(array[:, column].astype(np.float64))
+            continue
+        mask_value = inputs.mask_values[k]
+        if mask_value is None:
+            columns.append(conditional.per_series_means(array, [column])[:, 0])
+            continue
+        real = np.any(array != np.float32(mask_value), axis=2)
+        values = np.where(real, array[:, :, column], 0.0).sum(axis=1, dtype=np.float64)
+        columns.append(values / np.maximum(real.sum(axis=1), 1))
+    return np.column_stack(columns)
+
+
+def conditional_strata(inputs: InputLayout, arrays: Sequence[np.ndarray], targets: Sequence[Target],
+                       condition_on: Sequence[str | int] | None, n_bins: int, names: list[str],
+                       segment_ids: np.ndarray | None, n: Names = API_NAMES) -> list[np.ndarray]:
+    """Per target, the strata its conditional permutation stays within: int64 (series,) each.
+
+    Strata are the quantile bins of the conditioning features' per-series
+    means (:func:`rnnimp.conditional.strata`), computed once here from the
+    whole sample. A target is never conditioned on its own features: a
+    conditioning feature's row (or a group holding one) is conditioned on the
+    *other* conditioning features, and on none (a marginal permutation) when
+    no other remains. With segments, strata are also split by segment.
+    """
+    if not condition_on:
+        raise InvalidParameterError(n("condition_on"), f"must name at least one feature for {n('perturbation')} "
+                                    f"{CONDITIONAL}", condition_on)
+    validation.positive_int(n("strata"), n_bins)
+    conditions = sorted({feature_index(f, names, n("condition_on")) for f in condition_on})
+    means = _series_means(inputs, arrays, conditions)
+    n_series = len(arrays[0])
+    by_conditions: dict[tuple[int, ...], np.ndarray] = {}
+    per_target = []
+    for target in targets:
+        kept = tuple(c for c in conditions if c not in target.features)
+        if kept not in by_conditions:
+            if kept:
+                columns = [conditions.index(c) for c in kept]
+                try:
+                    ids = conditional.strata(means[:, columns], n_bins, condition_names=[names[c] for c in kept])
+                except InvalidParameterError as error:
+                    raise InvalidParameterError(n("strata"), error.rule.replace("(--strata)", f"({n('strata')})")
+                                                .replace("(--condition-on)", f"({n('condition_on')})"),
+                                                n_bins) from None
+            else:
+                ids = np.zeros(n_series, dtype=np.int64)
+            if segment_ids is not None:
+                ids = _checked_strata(segment_ids, ids, n("strata"), "stratum within a segment")
+            by_conditions[kept] = ids
+        per_target.append(by_conditions[kept])
+    return per_target

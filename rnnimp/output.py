@@ -19,7 +19,11 @@ MODEL_FILE = "model.keras"
 COMPARISONS_FILE = "comparisons.parquet"
 RANKS_FILE = "rank_probabilities.parquet"
 CHART_FILE = "effects.png"
-RESULT_FILES = (EFFECTS_FILE, SUMMARY_FILE, MODEL_FILE, COMPARISONS_FILE, RANKS_FILE, CHART_FILE)
+SEGMENT_COMPARISONS_FILE = "segment_comparisons.parquet"
+SEGMENTS_CHART_FILE = "segments.png"
+OUTPUTS_CHART_FILE = "outputs.png"
+RESULT_FILES = (EFFECTS_FILE, SUMMARY_FILE, MODEL_FILE, COMPARISONS_FILE, RANKS_FILE, CHART_FILE,
+                SEGMENT_COMPARISONS_FILE, SEGMENTS_CHART_FILE, OUTPUTS_CHART_FILE)
 
 
 def resolve(out: str) -> tuple[pafs.FileSystem, str]:

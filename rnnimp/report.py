@@ -75,6 +75,8 @@ def format_configuration(metadata: dict[str, Any]) -> str:
         perturbation = f"noise scale {configuration['noise_relative']} x each feature's std"
     else:
         perturbation = f"noise scale {_known(configuration.get('noise_scale'))}"
+    if configuration.get("condition_on"):
+        perturbation += f" given {','.join(configuration['condition_on'])} ({configuration.get('strata')} bins)"
     confidence = configuration.get("confidence")
     return (f"seed {_known(metadata.get('seed'))}, {repeats}, {perturbation}, "
             f"confidence {'?' if confidence is None else format(float(confidence), '.0%')}")
@@ -89,15 +91,45 @@ def format_bootstrap_methods(table: pa.Table) -> str | None:
         return "bootstrap intervals: none (t-intervals only)"
     if "bca" not in methods:
         return "bootstrap intervals: percentile"
-    fallback = [label for label, method in zip(row_labels(table), methods) if method == "percentile"]
+    fallback = list(dict.fromkeys(  # each name once, also when several panels list it
+        label for label, method in zip(row_labels(table), methods) if method == "percentile"))
     if not fallback:
         return "bootstrap intervals: BCa"
     return f"bootstrap intervals: BCa; percentile for {', '.join(fallback)} (BCa undefined)"
 
 
+LABEL_COLUMNS = ("metric", "segment", "output", "output_name")  # name a panel's rows (several metrics, ...)
+
+
+def panel_title(labels: dict[str, Any]) -> str:
+    """``metric=mae segment=2024-02 output=b``: a panel's labels (output -1: ``all``; a name over an index)."""
+    parts = []
+    for name, value in labels.items():
+        if name == "output_name":
+            continue
+        if name == "output":
+            value = "all" if value < 0 else labels.get("output_name") or value
+        parts.append(f"{name}={value}")
+    return " ".join(parts)
+
+
+def panels(table: pa.Table) -> list[tuple[dict[str, Any], pa.Table]]:
+    """The summary's rows split by their label columns, in order of first appearance ([({}, table)] without)."""
+    present = [name for name in LABEL_COLUMNS if name in table.column_names]
+    if not present:
+        return [({}, table)]
+    keys = list(zip(*(table.column(name).to_pylist() for name in present)))
+    groups: dict[tuple, list[int]] = {}
+    for row, key in enumerate(keys):
+        groups.setdefault(key, []).append(row)
+    return [(dict(zip(present, key)), table.take(pa.array(rows))) for key, rows in groups.items()]
+
+
 def format_run(table: pa.Table, metadata: dict[str, Any]) -> str:
-    """The configuration line, the summary table by rank and the bootstrap method used."""
-    parts = [format_configuration(metadata), "", format_summary(table, run_confidence(metadata))]
+    """The configuration line, the summary table by rank (one per panel) and the bootstrap method used."""
+    parts = [format_configuration(metadata)]
+    for labels, rows in panels(table):
+        parts += ["", *([panel_title(labels)] if labels else []), format_summary(rows, run_confidence(metadata))]
     note = format_bootstrap_methods(table)
     if note is not None:
         parts += ["", note]

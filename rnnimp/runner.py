@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Iterable, Protocol, runtime_checkable
 
 import numpy as np
@@ -132,6 +133,8 @@ def _run(model, request: Request, runner: Executor, progress: bool, checkpoint: 
         raise InvalidParameterError(request.names("y"), f"must hold one label per model output ({baseline.n_outputs})",
                                     f"shape {request.labels.shape}")
 
+    panels = panel_labels(request, baseline.n_outputs)
+    n_columns = len(panels)
     sums: dict[tuple[int, int, int], list[np.ndarray]] = defaultdict(list)
     cells = [(t, -1 if s is None else s) for t, s in request.cells]
     active = set(cells)
@@ -147,13 +150,13 @@ def _run(model, request: Request, runner: Executor, progress: bool, checkpoint: 
         for unit in units:
             uid = unit_id(unit)
             if uid in finished:
-                sums[uid[:3]].append(finished[uid])
+                sums[uid[:3]].append(_columns(finished[uid], n_columns))
                 from_checkpoint += 1
             else:
                 todo.append(unit)
         try:
             for unit, batch_sums in _with_progress(runner.evaluate(job, baseline, todo), len(todo), progress):
-                sums[unit_id(unit)[:3]].append(batch_sums)
+                sums[unit_id(unit)[:3]].append(_columns(batch_sums, n_columns))
                 if store is not None:
                     store.record(unit, batch_sums)
         finally:  # every finished unit of the wave is kept, also when the run fails (a kill loses seconds)
@@ -162,16 +165,15 @@ def _run(model, request: Request, runner: Executor, progress: bool, checkpoint: 
         done_repeats += wave
         if o.target_halfwidth is None:
             break
-        effects = _effects_matrix(sums, cells, o.first_repeat, done_repeats, settings.metric)
-        limit = o.target_halfwidth * (np.abs(np.nanmean(effects, axis=1)) if o.relative else 1.0)
-        met = halfwidths(effects, o.confidence) <= limit
+        met = np.ones(len(cells), dtype=bool)  # a cell is done when every panel's row is tight enough
+        for column, panel in enumerate(panels):
+            effects = _effects_matrix(sums, cells, o.first_repeat, done_repeats, panel.metric, column)
+            limit = o.target_halfwidth * (np.abs(np.nanmean(effects, axis=1)) if o.relative else 1.0)
+            met &= halfwidths(effects, o.confidence) <= limit
         active = {cell for cell, ok in zip(cells, met) if not ok}
         wave = min(o.wave_repeats, o.max_repeats - done_repeats)
     evaluate_s = time.perf_counter() - started
 
-    effects = _effects_matrix(sums, cells, o.first_repeat, done_repeats, settings.metric)
-    summary = stats.summarize(effects, o.confidence, generator(o.random_state, Stream.BOOTSTRAP),
-                              interval=o.interval)
     run_metadata = {
         "configuration": request.configuration,
         "seed": o.random_state,
@@ -186,13 +188,79 @@ def _run(model, request: Request, runner: Executor, progress: bool, checkpoint: 
     }
     if hasattr(runner, "describe"):  # where the workers ran (RayExecutor: count, GPU share, devices)
         run_metadata["workers"] = runner.describe()
+    results = []
+    for column, panel in enumerate(panels):
+        effects = _effects_matrix(sums, cells, o.first_repeat, done_repeats, panel.metric, column)
+        # a fresh bootstrap stream per panel: each panel's summary equals that of a run of it alone
+        summary = stats.summarize(effects, o.confidence, generator(o.random_state, Stream.BOOTSTRAP),
+                                  interval=o.interval)
+        results.append(_result(request, effects, summary, done_repeats, store, dict(run_metadata), panel.labels))
     if o.target_halfwidth is not None:
-        run_metadata["adaptive"] = {"met": met.tolist(), "repeats_used": summary.n_repeats.tolist()}
-    for key, value in (metadata or {}).items():
-        if isinstance(value, dict) and isinstance(run_metadata.get(key), dict):
-            run_metadata[key] = {**run_metadata[key], **value}
-        else:
-            run_metadata[key] = value
+        for result in results:
+            result.metadata["adaptive"] = {"met": met.tolist(), "repeats_used": result.summary.n_repeats.tolist()}
+    for result in results:
+        for key, value in (metadata or {}).items():
+            if isinstance(value, dict) and isinstance(result.metadata.get(key), dict):
+                result.metadata[key] = {**result.metadata[key], **value}
+            else:
+                result.metadata[key] = value
+    first = results[0]
+    if len(results) > 1:
+        first.panels = results
+    return first
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One column of a unit's sums: a metric, and where given a segment and an output.
+
+    ``labels``: the values of the columns that name its rows in the tables
+    (``metric``, ``segment``, ``output``, ``output_name``), only those the run asked for.
+    """
+
+    metric: Metric
+    labels: dict[str, Any]
+
+
+def panel_labels(request: Request, n_outputs: int) -> list[Panel]:
+    """The panels of a run, in the order of :meth:`rnnimp.method.Measures.columns`.
+
+    Refuses output names that do not match the model's ``n_outputs`` output values.
+    """
+    settings, o = request.settings, request.options
+    measures = settings.measures
+    if measures is None:
+        return [Panel(settings.metric, {})]
+    names = o.output_names
+    if names is not None and len(names) != n_outputs:
+        raise InvalidParameterError(request.names("output_names"),
+                                    f"must give {n_outputs} names, one per output value of the model", list(names))
+    segment_labels = request.configuration.get("segment_labels")
+    several = len(measures.metrics) > 1
+    panels = []
+    for m, g, output in measures.columns(n_outputs):
+        labels: dict[str, Any] = {}
+        if several:
+            labels["metric"] = measures.metrics[m].name
+        if segment_labels:
+            labels["segment"] = segment_labels[g]
+        if measures.per_output:
+            labels["output"] = output
+            if names is not None:
+                labels["output_name"] = None if output < 0 else names[output]
+        panels.append(Panel(measures.metrics[m], labels))
+    return panels
+
+
+def _columns(batch_sums: np.ndarray, n_columns: int) -> np.ndarray:
+    """A unit's sums as (batches, columns, 2) (a checkpoint keeps them flattened to rows of 2)."""
+    return np.asarray(batch_sums, dtype=np.float64).reshape(-1, n_columns, 2)
+
+
+def _result(request: Request, effects: np.ndarray, summary: stats.Summary, done_repeats: int, store,
+            run_metadata: dict[str, Any], labels: dict[str, Any]) -> ImportanceResult:
+    """One panel's result from its (cells, repeats) effects."""
+    o = request.options
     n_targets = len(request.targets)
     if o.per_step:  # static targets at step 0, steps beyond a shorter input NaN
         grid = np.full((n_targets, request.inputs.max_time_steps or 1, done_repeats), np.nan)
@@ -204,17 +272,17 @@ def _run(model, request: Request, runner: Executor, progress: bool, checkpoint: 
     return ImportanceResult(
         [t.name for t in request.targets], [[names[i] for i in t.features] for t in request.targets],
         grid, summary, o.confidence, run_metadata, store,
-        cells=request.cells if o.per_step else None, target_inputs=request.target_inputs())
+        cells=request.cells if o.per_step else None, target_inputs=request.target_inputs(), labels=labels)
 
 
-def _effects_matrix(sums, cells, first_repeat: int, n_repeats: int, metric: Metric) -> np.ndarray:
-    """(cells, repeats) effects from the collected sums; NaN where a repeat was not run."""
+def _effects_matrix(sums, cells, first_repeat: int, n_repeats: int, metric: Metric, column: int = 0) -> np.ndarray:
+    """(cells, repeats) effects of one column of the collected sums; NaN where a repeat was not run."""
     effects = np.full((len(cells), n_repeats), np.nan)
     for row, (target, step) in enumerate(cells):
-        for column in range(n_repeats):
-            pieces = sums.get((target, step, first_repeat + column))
+        for repeat in range(n_repeats):
+            pieces = sums.get((target, step, first_repeat + repeat))
             if pieces:
-                effects[row, column] = effect(pieces, metric)
+                effects[row, repeat] = effect([piece[:, column, :] for piece in pieces], metric)
     return effects
 
 

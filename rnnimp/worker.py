@@ -17,7 +17,7 @@ import numpy as np
 
 from .forward import model_forward, output_masked
 from .inputs import InputLayout
-from .method import Layout, Metric, Shard, ShardEvaluator, Unit, as_inputs
+from .method import Layout, Measures, Metric, Shard, ShardEvaluator, Unit, as_inputs
 from .modelio import ModelSpec
 from .perturb import Perturbation
 
@@ -31,6 +31,7 @@ class Settings:
     metric: Metric
     jit_compile: bool = True
     inputs: InputLayout | None = None  # None: one sequence input, no mask
+    measures: Measures | None = None  # None: ``metric`` alone, pooled over outputs and series
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,14 @@ def predict_shard(model: ModelSpec, sample, settings: Settings, shard: Shard) ->
 
 def unit_sums(model: ModelSpec, sample, baseline: np.ndarray, labels: np.ndarray | None,
               settings: Settings, unit: Unit) -> np.ndarray:
-    """Per-batch weighted sums and counts of one unit: float64 (batches, 2).
+    """Per-batch weighted sums and counts of one unit: float64 (batches, 2), or (batches, columns, 2)
+    with ``settings.measures`` (see :meth:`rnnimp.method.ShardEvaluator.unit_sums`).
 
     ``baseline``: the unperturbed predictions of the unit's shard (shard rows, outputs).
     """
     evaluator = evaluator_for(model, settings, sample)
-    return evaluator.unit_sums(sample, baseline, labels, unit, settings.perturbation, settings.metric)
+    return evaluator.unit_sums(sample, baseline, labels, unit, settings.perturbation, settings.metric,
+                               measures=settings.measures)
 
 
 def peak_rss_bytes() -> int:
