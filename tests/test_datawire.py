@@ -1,0 +1,102 @@
+"""Dataset input end to end: a dataset run gives the in-memory run's effects, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from rnnimp import InvalidParameterError
+from rnnimp.api import sensitivity_importance
+from rnnimp.dataset import Moments, write_dataset
+from rnnimp.options import Options, input_moments, prepare
+
+N_SERIES, N_TIME, N_FEATURES = 150, 4, 3
+
+
+def small_lstm(n_time: int = N_TIME, n_features: int = N_FEATURES, outputs: int = 2):
+    import keras
+
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([keras.Input((n_time, n_features)), keras.layers.LSTM(5),
+                             keras.layers.Dense(outputs)])
+
+
+@pytest.fixture(scope="module")
+def sample():
+    rng = np.random.default_rng(11)
+    values = rng.normal(size=(N_SERIES, N_TIME, N_FEATURES)) * [1.0, 30.0, 0.01] + [0.0, 100.0, -1.0]
+    return values.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def dataset(sample, tmp_path_factory):
+    """Files of 40 series (shards of 32 cross file boundaries), several row groups, shuffled rows."""
+    folder = str(tmp_path_factory.mktemp("dw") / "data")
+    ids = np.arange(N_SERIES) * 3 + 7
+    write_dataset(sample, folder, series_per_file=40, series_ids=ids, rows_per_group=50, shuffle_seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_lstm()
+
+
+CASES = {
+    "noise-relative": dict(perturbation="noise", noise_relative=0.5),
+    "ablate-mean": dict(perturbation="ablate", groups={"g": ["x1", "x3"]}),
+    "per-step": dict(perturbation="noise", noise_relative=0.3, per_step=True),
+    "permute": dict(perturbation="permute"),
+    "resample": dict(perturbation="noise", resample=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_local_dataset_gives_the_in_memory_effects(model, sample, dataset, case):
+    options = dict(n_repeats=3, batch_size=16, shard_size=32, random_state=5, **CASES[case])
+    in_memory = sensitivity_importance(model, sample, **options)
+    from_dataset = sensitivity_importance(model, dataset, **options)
+    np.testing.assert_array_equal(from_dataset.effects, in_memory.effects)
+    assert from_dataset.metadata["configuration"] == in_memory.metadata["configuration"]
+    assert from_dataset.metadata["data_fingerprint"] != in_memory.metadata["data_fingerprint"]
+
+
+def test_pyarrow_dataset_and_dict_inputs(model, sample, dataset):
+    options = dict(n_repeats=2, batch_size=16, shard_size=48, perturbation="ablate")
+    expected = sensitivity_importance(model, sample, **options).effects
+    np.testing.assert_array_equal(sensitivity_importance(model, pads.dataset(dataset), **options).effects, expected)
+    name = model.inputs[0].name
+    np.testing.assert_array_equal(sensitivity_importance(model, {name: dataset}, **options).effects, expected)
+
+
+def test_statistics_are_the_exact_moments(model, sample, dataset):
+    """Both paths record the correctly rounded exact statistics, not numpy's float64 sums."""
+    exact = Moments.of(sample)
+    for X in (sample, dataset):
+        request = prepare(model, X, None, Options(perturbation="ablate", batch_size=16, shard_size=32))
+        assert request.configuration["ablate_values"] == exact.means().tolist()
+        request = prepare(model, X, None, Options(noise_relative=1.0, batch_size=16, shard_size=32))
+        assert request.configuration["scales"] == exact.stds().tolist()
+    assert input_moments([sample]) == [exact]
+
+
+def test_the_driver_reads_no_rows_for_noise_with_a_fixed_scale(model, dataset, monkeypatch):
+    from rnnimp import dataset as dataset_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver read a shard")
+
+    monkeypatch.setattr(dataset_module, "read_shard", refuse)
+    request = prepare(model, dataset, None, Options(noise_scale=0.1, batch_size=16, shard_size=32))
+    assert request.sample.shape == (N_SERIES, N_TIME, N_FEATURES)
+
+
+def test_bad_dataset_input_is_refused(model, tmp_path):
+    with pytest.raises(InvalidParameterError, match="X: must be an existing directory"):
+        prepare(model, str(tmp_path / "missing"), None, Options())
+    write_dataset(np.zeros((4, N_TIME + 1, N_FEATURES), np.float32), str(tmp_path / "long"), 2)
+    with pytest.raises(InvalidParameterError, match="input shape"):
+        prepare(model, str(tmp_path / "long"), None, Options())
+    with pytest.raises(InvalidParameterError, match="shard_cache_mib"):
+        prepare(model, str(tmp_path / "long"), None, Options(shard_cache_mib=0))
