@@ -722,3 +722,15 @@ def local_moments(inputs: Sequence[DatasetInput], mask_values: Sequence[float | 
     """
     parts = [shard_moments(inputs, mask_values, shard) for shard in shards]
     return [combine([part[k] for part in parts]) for k in range(len(inputs))]
+
+
+def names_dataset(path: str) -> bool:
+    """Whether ``path`` (a local path or pyarrow.fs URI) is a directory or prefix, i.e. a dataset, not a file.
+
+    Unreachable or missing paths are not datasets (the file readers then say why).
+    """
+    try:
+        filesystem, resolved = resolve(path)
+        return filesystem.get_file_info(resolved).type == pafs.FileType.Directory
+    except (OSError, ValueError, pa.ArrowException):
+        return False

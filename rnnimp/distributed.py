@@ -89,6 +89,9 @@ def worker_env() -> dict[str, str]:
 _LOST_ACTOR = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
+_CONNECTED_AS: str | None = None  # what connect() connected this process to (None: it did not)
+
+
 def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str:
     """Attach to ``RAY_ADDRESS`` if set, else start an embedded local Ray.
 
@@ -100,8 +103,9 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
     InvalidParameterError after about ``connect_timeout_s`` seconds. Ray's
     informational logs are silenced unless --verbose.
     """
+    global _CONNECTED_AS
     if ray.is_initialized():
-        return "existing Ray connection"
+        return _CONNECTED_AS or "existing Ray connection"
     logging_level = logging.INFO if logs.verbose() else logging.WARNING
     if not logs.verbose():
         _drop_worker_death_notices()
@@ -117,7 +121,8 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
             raise InvalidParameterError(
                 "RAY_ADDRESS", f"must name a reachable Ray cluster ({type(error).__name__})", address
             ) from None
-        return f"Ray cluster at {address}"
+        _CONNECTED_AS = f"Ray cluster at {address}"
+        return _CONNECTED_AS
     # Ray 2.60 turns token authentication on by default for a new local cluster (RAY_AUTH_MODE unset)
     # and announces it in a warning, dropped unless --verbose; the user's explicit choice wins.
     if os.environ.get(AUTH_MODE_ENV, "token").lower() != "token":
@@ -129,7 +134,8 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
         address="local", num_cpus=num_cpus, include_dashboard=False,
         _node_ip_address="127.0.0.1", logging_level=logging_level,
     )
-    return f"embedded local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+    _CONNECTED_AS = f"embedded local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+    return _CONNECTED_AS
 
 
 def _check_reachable(address: str, timeout_s: float) -> None:
@@ -158,6 +164,8 @@ def _check_reachable(address: str, timeout_s: float) -> None:
 
 def shutdown() -> None:
     """Disconnect from Ray (stops an embedded local Ray)."""
+    global _CONNECTED_AS
+    _CONNECTED_AS = None
     if ray.is_initialized():
         ray.shutdown()
 
