@@ -70,3 +70,217 @@ def forward_seconds_per_pass(model, sample: np.ndarray, batch_size: int, fused: 
     for _ in range(passes):
         evaluator.predict(sample, layout.shards[0])
     return (time.perf_counter() - started) / passes
+
+
+PLAIN_TF_BATCH_SIZES = (4096, 16384)  # and the whole sample
+
+
+def tf_function_seconds_per_pass(model, sample: np.ndarray, batch_size: int, jit_compile: bool,
+                                 passes: int = 2) -> float:
+    """Best seconds per pass of plain TensorFlow: ``tf.function`` around ``model(x)``.
+
+    The route a TensorFlow user would take: ``model(x, training=False)`` in a
+    ``tf.function`` (with or without XLA) called on consecutive slices of
+    ``batch_size`` series of ``sample`` (series, time, features); the last
+    slice is shorter, not padded. One untimed pass compiles every shape, then
+    the best of ``passes`` timed passes.
+    """
+    import tensorflow as tf
+
+    call = tf.function(lambda batch: model(batch, training=False), jit_compile=jit_compile)
+    slices = [sample[start:start + batch_size] for start in range(0, len(sample), batch_size)]
+
+    def one_pass() -> float:
+        started = time.perf_counter()
+        for batch in slices:
+            call(batch).numpy()
+        return time.perf_counter() - started
+
+    one_pass()
+    return min(one_pass() for _ in range(passes))
+
+
+def best_plain_tf_seconds_per_pass(model, sample: np.ndarray) -> dict:
+    """Plain TensorFlow at batch sizes 4096, 16384 and the whole sample, without and with XLA.
+
+    Returns {"<batch>_xla" or "<batch>_graph": seconds per pass, ..., "best": (key, seconds)}
+    where <batch> is the batch size or "whole".
+    """
+    seconds = {}
+    for batch_size in (*PLAIN_TF_BATCH_SIZES, len(sample)):
+        label = "whole" if batch_size == len(sample) else str(batch_size)
+        for jit_compile in (False, True):
+            seconds[f"{label}_{'xla' if jit_compile else 'graph'}"] = tf_function_seconds_per_pass(
+                model, sample, min(batch_size, len(sample)), jit_compile)
+    return seconds
+
+
+# --- per-model-kind forward speed-ups -------------------------------------------------------------
+
+KIND_TIME_STEPS, KIND_FEATURES, KIND_STATIC = 10, 3, 2
+
+
+def kind_models(seed: int) -> dict:
+    """Small models of each kind, random weights from ``seed``: name -> (model, takes_two_inputs).
+
+    Every model takes (batch, 10, 3); the two-input one also a static
+    covariate (batch, 2). Masked: a ``Masking(0.0)`` layer ahead of an LSTM.
+    """
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    steps = keras.Input((KIND_TIME_STEPS, KIND_FEATURES), name="series")
+    functional_hidden = layers.LSTM(16, return_sequences=True, name="f_lstm_16")(steps)
+    functional_out = layers.Dense(1, name="f_dense")(layers.LSTM(8, name="f_lstm_8")(functional_hidden))
+    sequence = keras.Input((KIND_TIME_STEPS, KIND_FEATURES), name="sequence")
+    static = keras.Input((KIND_STATIC,), name="static")
+    merged = layers.Concatenate(name="join")([layers.LSTM(16, name="t_lstm")(sequence), static])
+
+    def sequential(*stack):
+        return keras.Sequential([keras.Input((KIND_TIME_STEPS, KIND_FEATURES)), *stack])
+
+    return {
+        "LSTM Sequential": (sequential(layers.LSTM(16, return_sequences=True), layers.LSTM(8),
+                                       layers.Dense(1)), False),
+        "GRU": (sequential(layers.GRU(16, return_sequences=True), layers.GRU(8), layers.Dense(1)), False),
+        "SimpleRNN": (sequential(layers.SimpleRNN(16, return_sequences=True), layers.SimpleRNN(8),
+                                 layers.Dense(1)), False),
+        "Bidirectional LSTM": (sequential(layers.Bidirectional(layers.LSTM(8, return_sequences=True)),
+                                          layers.LSTM(8), layers.Dense(1)), False),
+        "functional chain": (keras.Model(steps, functional_out, name="chain"), False),
+        "masked LSTM": (sequential(layers.Masking(0.0), layers.LSTM(16, return_sequences=True), layers.LSTM(8),
+                                   layers.Dense(1)), False),
+        "two inputs + static": (keras.Model([sequence, static], layers.Dense(1, name="t_dense")(merged),
+                                            name="two_inputs"), True),
+    }
+
+
+def kind_inputs(seed: int, n_series: int, two_inputs: bool) -> list[np.ndarray]:
+    """Inputs of :func:`kind_models`: [(series, 10, 3)] or [(series, 10, 3), (series, 2)], float32.
+
+    A quarter of the series end in zero (masked) steps, so a masked model has
+    something to mask.
+    """
+    rng = np.random.default_rng(seed)
+    series = rng.random((n_series, KIND_TIME_STEPS, KIND_FEATURES), dtype=np.float32) + 0.1
+    lengths = rng.integers(KIND_TIME_STEPS // 2, KIND_TIME_STEPS + 1, n_series)
+    series[np.arange(KIND_TIME_STEPS)[None, :] >= lengths[:, None]] = 0.0
+    return [series, rng.random((n_series, KIND_STATIC), dtype=np.float32)] if two_inputs else [series]
+
+
+def _batches(inputs: list[np.ndarray], batch_size: int) -> list:
+    """Consecutive batches of ``batch_size`` series: each one array, or a list of arrays with several inputs."""
+    n_series = len(inputs[0])
+    batches = [[array[start:start + batch_size] for array in inputs] for start in range(0, n_series, batch_size)]
+    return [batch if len(inputs) > 1 else batch[0] for batch in batches]
+
+
+def _predictions(outputs) -> np.ndarray:
+    """The predictions of a forward pass; a forward that also returns output weights gives (predictions, weights)."""
+    return np.asarray(outputs[0] if isinstance(outputs, tuple) else outputs)
+
+
+def interleaved_seconds(forwards: list, batches: list, rounds: int = 5) -> tuple[list[float], list[np.ndarray]]:
+    """Best seconds per pass over ``batches`` of each forward, and its predictions (series, outputs).
+
+    One untimed pass each compiles; then ``rounds`` rounds time one pass of
+    each forward in turn, so that a slow moment of a shared machine does not
+    fall on one of them only.
+    """
+    predictions = [np.concatenate([_predictions(forward(batch)) for batch in batches]) for forward in forwards]
+    best = [float("inf")] * len(forwards)
+    for _ in range(rounds):
+        for index, forward in enumerate(forwards):
+            started = time.perf_counter()
+            for batch in batches:
+                _predictions(forward(batch))
+            best[index] = min(best[index], time.perf_counter() - started)
+    return best, predictions
+
+
+def xla_model_call(model):
+    """``model(x, training=False)`` in a ``tf.function`` under XLA: batch (one array or a list) -> (batch, outputs).
+
+    The reference for the speed-ups; unlike :func:`rnnimp.forward.keras_forward` on main, it takes a list of
+    arrays for a model with several inputs.
+    """
+    import tensorflow as tf
+
+    compiled = tf.function(lambda batch: model(batch, training=False), jit_compile=True)
+    return lambda batch: np.asarray(compiled(batch)).reshape(len(tf.nest.flatten(batch)[0]), -1)
+
+
+def forward_speedup(model, inputs: list[np.ndarray], batch_size: int) -> dict:
+    """``model(x)`` under XLA (:func:`xla_model_call`) vs rnnimp's forward pass for ``model``, this process's threads.
+
+    Returns {"forward": forward_kind, "keras_xla_s", "rnnimp_s", "speedup" (keras / rnnimp),
+    "max_abs_diff" of the outputs}; rnnimp's figures are None, with "error", where
+    :func:`rnnimp.forward.model_forward` does not accept the model or its inputs.
+    """
+    from rnnimp.forward import forward_kind, model_forward
+
+    batches = _batches(inputs, batch_size)
+    reference = xla_model_call(model)
+    figures = {"forward": forward_kind(model, jit_compile=True), "keras_xla_s": None,
+               "rnnimp_s": None, "speedup": None, "max_abs_diff": None}
+    try:
+        forward = model_forward(model, jit_compile=True)
+        _predictions(forward(batches[0]))
+    except Exception as error:  # noqa: BLE001 - a model kind rnnimp does not take yet is a result, not a failure
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        figures["error"] = f"{type(error).__name__}: {lines[-1][:200] if lines else ''}"
+        (figures["keras_xla_s"],), _ = interleaved_seconds([reference], batches)
+        return figures
+    (keras_s, rnnimp_s), (expected, predictions) = interleaved_seconds([reference, forward], batches)
+    figures.update(keras_xla_s=keras_s, rnnimp_s=rnnimp_s, speedup=keras_s / rnnimp_s,
+                   max_abs_diff=float(np.max(np.abs(predictions - expected))))
+    return figures
+
+
+# --- scikit-learn's permutation_importance on the same model ----------------------------------------
+
+def sklearn_permutation_importance(model, sample: np.ndarray, labels: np.ndarray, n_repeats: int, n_jobs: int,
+                                   seed: int) -> dict:
+    """scikit-learn's ``permutation_importance`` of ``model``, each feature's whole trajectory permuted.
+
+    How sklearn is made to permute whole trajectories, faithfully: sklearn
+    permutes the rows of one column of a 2-D ``X`` at a time
+    (``X[:, j] = X[shuffled, j]``). We hand it an integer ``X`` of shape
+    (series, features) whose entry [i, j] is the series whose trajectory of
+    feature j series i carries, initially i. Permuting column j therefore
+    permutes feature j's whole trajectory between series, exactly as rnnimp's
+    permutation does, and the estimator's ``predict`` gathers the
+    (series, time, features) input from ``sample`` by these indices before
+    calling ``model.predict(batch_size=8192)``. The gather is the only work
+    the wrapper adds (a few milliseconds per call). The score is minus the MSE
+    against ``labels`` (series, outputs), so sklearn's importance (baseline
+    score minus permuted score) is the MSE loss increase, rnnimp's
+    ``--metric loss-increase --loss mse``.
+
+    Returns {"means": [per feature], "seconds": the permutation_importance call alone}.
+    """
+    from sklearn.base import BaseEstimator, RegressorMixin
+    from sklearn.inspection import permutation_importance
+
+    class TrajectoryIndexEstimator(RegressorMixin, BaseEstimator):
+        """A fitted Keras model behind an (series, features) array of trajectory indices."""
+
+        def __init__(self, model=None, sample=None):
+            self.model = model
+            self.sample = sample
+
+        def fit(self, X, y=None):  # already trained; sklearn only requires the method
+            return self
+
+        def predict(self, X):
+            features = np.arange(self.sample.shape[2])
+            gathered = self.sample[X, :, features].transpose(0, 2, 1)  # [i, :, j] = sample[X[i, j], :, j]
+            return self.model.predict(np.ascontiguousarray(gathered), batch_size=8192, verbose=0)
+
+    estimator = TrajectoryIndexEstimator(model, sample)
+    trajectory_index = np.repeat(np.arange(len(sample))[:, None], sample.shape[2], axis=1)
+    started = time.perf_counter()
+    result = permutation_importance(estimator, trajectory_index, labels, scoring="neg_mean_squared_error",
+                                    n_repeats=n_repeats, n_jobs=n_jobs, random_state=seed)
+    return {"means": [float(m) for m in result.importances_mean], "seconds": time.perf_counter() - started}

@@ -64,21 +64,26 @@ def output_masked(model) -> bool:
 
 
 def forward_kind(model, jit_compile: bool) -> str:
-    """Which forward pass :func:`model_forward` uses for ``model``: fused-lstm, keras-xla or keras."""
-    if jit_compile and not output_masked(model) and lstm.fusable(model):
-        return "fused-lstm"
-    return "keras-xla" if jit_compile else "keras"
+    """Which forward pass :func:`model_forward` uses for ``model``: keras-xla, keras or a fused one.
+
+    The fused ones are named by :func:`rnnimp.lstm.fused_kind` (fused-lstm,
+    fused-rnn, fused-rnn-masked). A model whose outputs carry a Keras mask
+    never takes them: its metric needs the output mask that ``model(x)`` gives.
+    """
+    kind = lstm.fused_kind(model) if jit_compile and not output_masked(model) else None
+    return kind or ("keras-xla" if jit_compile else "keras")
 
 
 def model_forward(model, jit_compile: bool = True) -> Callable:
     """The fastest faithful forward pass: input batch(es) float32 -> (batch, outputs).
 
-    With ``jit_compile``, stacks of LSTM layers run as rnnimp's fused XLA
-    program (:mod:`rnnimp.lstm`), other models (several inputs, masks, other
-    layers) as ``model(x)`` under XLA; without it, always ``model(x)`` in a
+    With ``jit_compile``, single-input chains of recurrent layers (LSTM, GRU,
+    SimpleRNN, Bidirectional, behind a Masking layer or not) run as rnnimp's
+    fused XLA program (:mod:`rnnimp.lstm`), other models (several inputs,
+    outputs that carry a mask, other layers) as ``model(x)`` under XLA; without it, always ``model(x)`` in a
     plain ``tf.function``. A model whose outputs carry a Keras mask returns
     (predictions, weights) (see :func:`keras_forward`).
     """
-    if forward_kind(model, jit_compile) == "fused-lstm":
+    if forward_kind(model, jit_compile).startswith("fused"):
         return lstm.fused_forward(model)
     return keras_forward(model, jit_compile, output_mask=output_masked(model))

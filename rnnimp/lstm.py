@@ -1,21 +1,58 @@
-"""A fused forward pass for Keras models made of stacked LSTM layers (pure TensorFlow, no Ray).
+"""A fused forward pass for Keras recurrent models that are one chain of layers (pure TensorFlow, no Ray).
 
-``model(x)`` runs each LSTM layer as a ``while`` loop over time steps on
+``model(x)`` runs each recurrent layer as a ``while`` loop over time steps on
 batch-major tensors, (batch, units). For the small layers rnnimp usually
 sees (a few to a few dozen units), most of that time goes to moving narrow
 rows around. Here the batch is the last, contiguous axis instead: every
-time step is ``W·x + U·h + b`` on (4·units, batch) tensors followed by the
-gate arithmetic, the time loop is unrolled and the whole stack is compiled
-by XLA into one program. It computes Keras' LSTM cell (gates in Keras'
-order i, f, c, o; its ``activation`` and ``recurrent_activation``) on the
+time step is ``W·x + U·h + b`` on (gates·units, batch) tensors followed by
+the gate arithmetic, the time loop is unrolled and the whole chain is
+compiled by XLA into one program. It computes Keras' own cells on the
 model's own variables, so new weights assigned to the model are used
 without retracing. Outputs agree with ``model(x)`` to float32 rounding
 (a few 1e-7 here), not bit for bit.
 
-Only a ``keras.Sequential`` chain of LSTM, Dense, Flatten and Dropout layers
-(at least one LSTM) in float32 qualifies; :func:`fused_forward` returns None
-for anything else and the caller falls back to ``model(x)``. An input of
-unknown length is unrolled over the length of the batches it is called on.
+What qualifies (:func:`fusable`; :func:`fused_forward` returns None for
+anything else and the caller falls back to ``model(x)``):
+
+* the model is a ``keras.Sequential``, or a functional ``keras.Model`` whose
+  graph from its one input to its one output is a single chain (each layer
+  called on the previous layer's output only, with no arguments other than
+  the mask Keras propagates and ``training=False``);
+* the input is float32 (batch, time, features); every layer computes and
+  stores float32;
+* the layers are Keras' own (not subclasses) ``LSTM``, ``GRU`` (either
+  ``reset_after``), ``SimpleRNN``, ``Bidirectional`` around those (merge
+  mode concat, sum, mul or ave), ``Dense``, ``Flatten`` (channels_last),
+  ``Dropout`` and ``Masking``; at least one recurrent layer;
+* recurrent layers are not stateful, return no state, and their cells'
+  activations are Keras' element-wise activations (``tanh``, ``sigmoid``,
+  ``relu``, ...; see :data:`ELEMENTWISE_ACTIVATIONS`); ``go_backwards``,
+  ``unroll``, ``dropout`` and ``recurrent_dropout`` (inactive at
+  inference) are fine;
+* Dense layers are neither quantized nor LoRA-enabled.
+
+Masking follows Keras 3 exactly (for finite values: a masked step sets the
+gates so that the update is the identity, and an infinite candidate would
+turn into NaN where Keras keeps the state): a ``Masking`` layer zeroes the steps whose
+features all equal its ``mask_value`` and masks them; Dense and Dropout pass
+the mask on; a recurrent layer keeps its state over a masked step and
+outputs its previous output there (zeros before the first unmasked step),
+or zeros when its ``zero_output_for_mask`` is set (which ``Bidirectional``
+does for layers that return sequences); a layer that returns sequences
+passes the mask on (unreversed even with ``go_backwards``, as Keras does),
+one that returns its last output ends it, and so does ``Flatten``.
+
+An input of unknown length is unrolled over the length of the batches it is
+called on (one trace per length).
+
+:func:`fused_kind` names the pass recorded in run metadata (``forward``):
+
+* ``fused-lstm``: no mask, and every recurrent layer a plain ``LSTM``;
+* ``fused-rnn``: no mask, with a ``GRU``, ``SimpleRNN`` or ``Bidirectional``;
+* ``fused-rnn-masked``: any qualifying model with a ``Masking`` layer.
+
+The chain is found per input (:func:`_chain`); a model with several inputs
+does not qualify yet.
 """
 
 from __future__ import annotations
@@ -24,7 +61,9 @@ from typing import Callable
 
 import numpy as np
 
-FUSABLE_LAYERS = ("LSTM", "Dense", "Flatten", "Dropout")
+RECURRENT_LAYERS = ("LSTM", "GRU", "SimpleRNN")
+FUSABLE_LAYERS = (*RECURRENT_LAYERS, "Bidirectional", "Dense", "Flatten", "Dropout", "Masking")
+BIDIRECTIONAL_MERGE_MODES = ("concat", "sum", "mul", "ave")
 # Keras activations that act on each value alone, hence on any layout (softmax, say, does not).
 ELEMENTWISE_ACTIVATIONS = frozenset({
     "tanh", "sigmoid", "hard_sigmoid", "relu", "relu6", "linear", "elu", "selu", "gelu", "softplus", "softsign",
@@ -32,67 +71,319 @@ ELEMENTWISE_ACTIVATIONS = frozenset({
 })
 
 
-def fusable(model) -> bool:
-    """Whether :func:`fused_forward` can run ``model`` (see the module's rules)."""
+def _kind(layer) -> str:
+    return type(layer).__name__
+
+
+def _is_keras_layer(layer, kind: str) -> bool:
+    """Whether ``layer`` is exactly Keras' own layer class ``kind`` (no subclass, no look-alike)."""
     import keras
 
-    if type(model) is not keras.Sequential or len(model.inputs) != 1 or len(model.inputs[0].shape) != 3:
+    return kind in FUSABLE_LAYERS + ("InputLayer",) and type(layer) is getattr(keras.layers, kind)
+
+
+def _sequential_chain(model) -> list | None:
+    return list(model.layers)
+
+
+def _functional_chain(model, model_input) -> list | None:
+    """The layers from ``model_input`` to the model's one output, in call order, or None if not one chain."""
+    from keras.src.backend.common.masking import get_keras_mask
+
+    if len(model.outputs) != 1:
+        return None
+    input_layer = model_input._keras_history.operation
+    layers = []
+    tensor = model.outputs[0]
+    while True:
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        operation = history.operation
+        if operation is input_layer:
+            return layers[::-1]
+        node = operation._inbound_nodes[history.node_index]
+        if len(node.arguments.args) != 1 or len(node.output_tensors) != 1:
+            return None  # a merge, or a layer with several outputs
+        (tensor,) = node.arguments.args
+        kwargs = dict(node.arguments.kwargs)
+        # Keras records the mask it propagates (and which we reproduce) as a call argument and input.
+        mask = kwargs.pop("mask", None)
+        if mask is not None and mask is not get_keras_mask(tensor):
+            return None  # a mask of the user's own
+        if kwargs.pop("training", None) or kwargs or any(
+                other is not tensor and other is not mask for other in node.input_tensors):
+            return None  # a call in training mode, with extra arguments or extra inputs
+        layers.append(operation)
+
+
+def _chain(model) -> list | None:
+    """The model's layers in call order if it is one chain from one float32 (batch, time, features) input."""
+    import keras
+    from keras.src.models.functional import Functional
+
+    try:
+        inputs = list(model.inputs)
+    except (AttributeError, ValueError):
+        return None  # a model that was never built
+    if len(inputs) != 1 or len(inputs[0].shape) != 3 or inputs[0].dtype != "float32":
+        return None
+    if type(model) is keras.Sequential:
+        return _sequential_chain(model)
+    if type(model) is Functional:
+        return _functional_chain(model, inputs[0])
+    return None
+
+
+def _elementwise(activation) -> bool:
+    """Whether ``activation`` is one of Keras' own element-wise activation functions."""
+    import keras
+
+    name = getattr(activation, "__name__", "")
+    return name in ELEMENTWISE_ACTIVATIONS and activation is keras.activations.get(name)
+
+
+def _float32(layer) -> bool:
+    return (getattr(layer, "compute_dtype", "float32") == "float32"
+            and getattr(layer, "variable_dtype", "float32") == "float32")
+
+
+def _recurrent_ok(layer) -> bool:
+    kind = _kind(layer)
+    if not (kind in RECURRENT_LAYERS and _is_keras_layer(layer, kind)) or not _float32(layer):
         return False
-    if not any(type(layer).__name__ == "LSTM" for layer in model.layers):
-        return False  # nothing to fuse
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind not in FUSABLE_LAYERS or type(layer).__module__.split(".")[0] != "keras":
-            return False
-        if getattr(layer, "compute_dtype", "float32") != "float32":
-            return False
-        if kind == "LSTM" and (layer.go_backwards or layer.stateful or layer.return_state
-                               or not {_name(layer.cell.activation), _name(layer.cell.recurrent_activation)}
-                               <= ELEMENTWISE_ACTIVATIONS):
-            return False
-    return True
+    if layer.stateful or layer.return_state:
+        return False
+    cell = layer.cell
+    activations = [cell.activation] + ([] if kind == "SimpleRNN" else [cell.recurrent_activation])
+    return all(_elementwise(activation) for activation in activations)
 
 
-def _name(activation) -> str:
-    return getattr(activation, "__name__", "")
+def _layer_ok(layer) -> bool:
+    kind = _kind(layer)
+    if not _is_keras_layer(layer, kind) or not _float32(layer):
+        return False
+    if kind in RECURRENT_LAYERS:
+        return _recurrent_ok(layer)
+    if kind == "Bidirectional":
+        return (layer.merge_mode in BIDIRECTIONAL_MERGE_MODES and not layer.return_state
+                and _recurrent_ok(layer.forward_layer) and _recurrent_ok(layer.backward_layer))
+    if kind == "Dense":
+        return getattr(layer, "quantization_mode", None) is None and not getattr(layer, "lora_enabled", False)
+    if kind == "Flatten":
+        return layer.data_format == "channels_last"
+    return True  # Dropout, Masking
 
 
-def _lstm(layer, sequence):
-    """One LSTM layer on (time, features, batch): (time, units, batch), or (units, batch) for the last step only."""
+def fusable(model) -> bool:
+    """Whether :func:`fused_forward` can run ``model`` (see the module's rules)."""
+    layers = _chain(model)
+    return (layers is not None and any(_kind(layer) in RECURRENT_LAYERS + ("Bidirectional",) for layer in layers)
+            and all(_layer_ok(layer) for layer in layers))
+
+
+def fused_kind(model) -> str | None:
+    """The name of the fused pass for ``model`` (fused-lstm, fused-rnn or fused-rnn-masked), None if it has none."""
+    if not fusable(model):
+        return None
+    kinds = {_kind(layer) for layer in _chain(model)}
+    if "Masking" in kinds:
+        return "fused-rnn-masked"
+    return "fused-lstm" if not kinds & {"GRU", "SimpleRNN", "Bidirectional"} else "fused-rnn"
+
+
+def _value(variable):
     import tensorflow as tf
 
-    cell = layer.cell
-    kernel_t = tf.transpose(tf.convert_to_tensor(cell.kernel.value))  # (4 units, features)
-    recurrent_t = tf.transpose(tf.convert_to_tensor(cell.recurrent_kernel.value))  # (4 units, units)
-    bias = None if cell.bias is None else tf.convert_to_tensor(cell.bias.value)[:, None]
-    state = c = None
-    outputs = []
-    for step in range(sequence.shape[0]):
-        z = tf.matmul(kernel_t, sequence[step])
-        if state is not None:
-            z = z + tf.matmul(recurrent_t, state)
-        if bias is not None:
-            z = z + bias
+    return tf.convert_to_tensor(variable.value)
+
+
+def _projection(kernel_t, bias):
+    """The input side of a cell, ``W·x + b`` for each step: (time, features, batch) -> [(gates·units, batch)].
+
+    One product per step: as fast here as one product for all steps, which
+    XLA does not fuse into the steps.
+    """
+    import tensorflow as tf
+
+    def project(sequence):
+        return [tf.matmul(kernel_t, x) if bias is None else tf.matmul(kernel_t, x) + bias
+                for x in tf.unstack(sequence)]
+
+    return project
+
+
+# Each cell below is ``(project, step)``: ``project`` its input side (see :func:`_projection`), ``step`` its
+# recurrent side. A step takes its step's projection, batch last: ``step(projected, state, keep) -> (h, state)``,
+# ``state`` None before the first step (zeros: its recurrent terms are skipped), ``keep`` None without a
+# mask, else a (1, batch) bool, False where the step is masked. A masked step must leave h and the state
+# exactly as they were (Keras selects the old ones); rather than selecting after the step, which makes XLA
+# split and recompute the step's fusions, the gates are set so that the update is the identity: a forget
+# or update gate of 1 and an input gate of 0 (so c_old·1 + 0·candidate = c_old and h_old·1 + 0·hh = h_old,
+# exact for a finite candidate), and the LSTM keeps its output gate, so h = o·act(c) comes out the same.
+
+
+def _lstm_cell(cell):
+    """Keras' LSTM cell (gates i, f, c, o): state (h, c), with a mask (h, c, output gate)."""
+    import tensorflow as tf
+
+    kernel_t = tf.transpose(_value(cell.kernel))  # (4 units, features)
+    recurrent_t = tf.transpose(_value(cell.recurrent_kernel))  # (4 units, units)
+    bias = None if cell.bias is None else _value(cell.bias)[:, None]
+    activation, gate = cell.activation, cell.recurrent_activation
+
+    def step(projected, state, keep):
+        z = projected if state is None else projected + tf.matmul(recurrent_t, state[0])
         i, f, g, o = tf.split(z, 4, axis=0)
-        candidate = cell.recurrent_activation(i) * cell.activation(g)
-        c = candidate if c is None else cell.recurrent_activation(f) * c + candidate
-        state = cell.recurrent_activation(o) * cell.activation(c)
-        outputs.append(state)
-    return tf.stack(outputs) if layer.return_sequences else state
+        i, o = gate(i), gate(o)
+        if keep is not None:
+            i = tf.where(keep, i, 0.0)
+            o = tf.where(keep, o, 0.0 if state is None else state[2])
+        candidate = i * activation(g)
+        if state is None:
+            c = candidate
+        else:
+            f = gate(f) if keep is None else tf.where(keep, gate(f), 1.0)
+            c = f * state[1] + candidate
+        h = o * activation(c)
+        return h, ((h, c) if keep is None else (h, c, o))
+
+    return _projection(kernel_t, bias), step
+
+
+def _gru_cell(cell):
+    """Keras' GRU cell (gates z, r, h; either ``reset_after``): state (h,)."""
+    import tensorflow as tf
+
+    units = cell.units
+    kernel_t = tf.transpose(_value(cell.kernel))  # (3 units, features)
+    recurrent_t = tf.transpose(_value(cell.recurrent_kernel))  # (3 units, units)
+    input_bias = recurrent_bias = None
+    if cell.bias is not None:
+        bias = _value(cell.bias)
+        if cell.reset_after:  # (2, 3 units): input and recurrent biases
+            input_bias, recurrent_bias = bias[0][:, None], bias[1][:, None]
+        else:
+            input_bias = bias[:, None]
+    activation, gate = cell.activation, cell.recurrent_activation
+
+    def step(projected, state, keep):
+        x_z, x_r, x_h = tf.split(projected, 3, axis=0)
+        h_prev = None if state is None else state[0]
+        if cell.reset_after:
+            inner = None if h_prev is None else tf.matmul(recurrent_t, h_prev)
+            if recurrent_bias is not None:
+                inner = recurrent_bias if inner is None else inner + recurrent_bias
+            if inner is None:  # no state yet and no recurrent bias: the recurrent terms are zero
+                z, hh = gate(x_z), activation(x_h)
+            else:
+                r_z, r_r, r_h = tf.split(inner, 3, axis=0)
+                z, r = gate(x_z + r_z), gate(x_r + r_r)
+                hh = activation(x_h + r * r_h)
+        elif h_prev is None:
+            z, hh = gate(x_z), activation(x_h)
+        else:
+            r_z, r_r = tf.split(tf.matmul(recurrent_t[:2 * units], h_prev), 2, axis=0)
+            z, r = gate(x_z + r_z), gate(x_r + r_r)
+            hh = activation(x_h + tf.matmul(recurrent_t[2 * units:], r * h_prev))
+        if keep is not None:
+            z = tf.where(keep, z, 1.0)
+        h = (1 - z) * hh if h_prev is None else z * h_prev + (1 - z) * hh
+        return h, (h,)
+
+    return _projection(kernel_t, input_bias), step
+
+
+def _simple_rnn_cell(cell):
+    """Keras' SimpleRNN cell: state (h,)."""
+    import tensorflow as tf
+
+    kernel_t = tf.transpose(_value(cell.kernel))  # (units, features)
+    recurrent_t = tf.transpose(_value(cell.recurrent_kernel))  # (units, units)
+    bias = None if cell.bias is None else _value(cell.bias)[:, None]
+
+    def step(projected, state, keep):
+        h = cell.activation(projected if state is None else projected + tf.matmul(recurrent_t, state[0]))
+        if keep is not None:
+            h = tf.where(keep, h, 0.0 if state is None else state[0])
+        return h, (h,)
+
+    return _projection(kernel_t, bias), step
+
+
+CELLS = {"LSTM": _lstm_cell, "GRU": _gru_cell, "SimpleRNN": _simple_rnn_cell}
+
+
+def _recurrent(layer, sequence, mask):
+    """One recurrent layer on (time, features, batch) with an optional (time, batch) bool mask.
+
+    Returns (time, units, batch) in the order the steps were processed
+    (reversed with ``go_backwards``, as Keras does) if the layer returns
+    sequences, else (units, batch) of the last processed step. A masked
+    step outputs the last unmasked step's output (zeros before it), or
+    zeros with ``zero_output_for_mask``.
+    """
+    import tensorflow as tf
+
+    project, step = CELLS[_kind(layer)](layer.cell)
+    projected = project(sequence)
+    order = range(sequence.shape[0])
+    if layer.go_backwards:
+        order = reversed(order)
+    state = None
+    outputs = []
+    for time in order:
+        keep = None if mask is None else mask[time][None, :]
+        output, state = step(projected[time], state, keep)
+        if keep is not None and layer.zero_output_for_mask:
+            output = tf.where(keep, output, 0.0)
+        outputs.append(output)
+    return tf.stack(outputs) if layer.return_sequences else outputs[-1]
+
+
+def _bidirectional(layer, sequence, mask):
+    """Keras' Bidirectional on (time, features, batch): its forward and backward layers, merged on the units axis."""
+    import tensorflow as tf
+
+    forward = _recurrent(layer.forward_layer, sequence, mask)
+    backward = _recurrent(layer.backward_layer, sequence, mask)
+    if layer.return_sequences:
+        backward = tf.reverse(backward, [0])
+    if layer.merge_mode == "concat":
+        return tf.concat([forward, backward], axis=-2)
+    if layer.merge_mode == "sum":
+        return forward + backward
+    if layer.merge_mode == "ave":
+        return (forward + backward) / 2
+    return forward * backward  # mul
 
 
 def _dense(layer, tensor):
     """A Dense layer on (features, batch) or (time, features, batch), batch last."""
     import tensorflow as tf
 
-    kernel_t = tf.transpose(tf.convert_to_tensor(layer.kernel.value))  # (units, features)
+    kernel_t = tf.transpose(_value(layer.kernel))  # (units, features)
     out = tf.matmul(kernel_t, tensor) if tensor.shape.rank == 2 else tf.einsum("uf,tfb->tub", kernel_t, tensor)
     if layer.bias is not None:
-        out = out + tf.convert_to_tensor(layer.bias.value)[:, None]
+        out = out + _value(layer.bias)[:, None]
     # Applied batch-major, on the units' axis last, as Keras does: right for softmax and its kind too.
     order = (1, 0) if out.shape.rank == 2 else (2, 0, 1)
     inverse = (1, 0) if out.shape.rank == 2 else (1, 2, 0)
     return tf.transpose(layer.activation(tf.transpose(out, order)), inverse)
+
+
+def _masking(layer, tensor):
+    """Keras' Masking, batch last: the zeroed tensor and its mask, (time, batch) from (time, features, batch).
+
+    On (features, batch) (after a layer that returned its last output) it
+    zeroes the series whose features all equal ``mask_value``, as Keras
+    does; no recurrent layer can follow to use that mask.
+    """
+    import tensorflow as tf
+
+    features = tensor.shape.rank - 2
+    mask = tf.reduce_any(tf.not_equal(tensor, layer.mask_value), axis=features)
+    return tf.where(tf.expand_dims(mask, features), tensor, 0.0), mask
 
 
 def _flatten(tensor):
@@ -100,6 +391,27 @@ def _flatten(tensor):
     import tensorflow as tf
 
     return tensor if tensor.shape.rank == 2 else tf.reshape(tensor, [-1, tf.shape(tensor)[-1]])
+
+
+def _run_chain(layers, tensor):
+    """The chain's layers on (time, features, batch): the output, batch last, and the mask it carries (or None)."""
+    mask = None
+    for layer in layers:
+        kind = _kind(layer)
+        if kind in RECURRENT_LAYERS:
+            tensor = _recurrent(layer, tensor, mask)
+            mask = mask if layer.return_sequences else None
+        elif kind == "Bidirectional":
+            tensor = _bidirectional(layer, tensor, mask)
+            mask = mask if layer.return_sequences else None
+        elif kind == "Dense":
+            tensor = _dense(layer, tensor)
+        elif kind == "Flatten":
+            tensor, mask = _flatten(tensor), None
+        elif kind == "Masking":
+            tensor, mask = _masking(layer, tensor)
+        # Dropout and InputLayer: identity at inference, mask passed on.
+    return tensor, mask
 
 
 def fused_forward(model) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -112,19 +424,17 @@ def fused_forward(model) -> Callable[[np.ndarray], np.ndarray] | None:
         return None
     import tensorflow as tf
 
-    layers = list(model.layers)
+    layers = _chain(model)
 
     def call(batch):
         tensor = tf.transpose(tf.convert_to_tensor(batch, tf.float32), (1, 2, 0))  # (time, features, batch)
-        for layer in layers:
-            kind = type(layer).__name__
-            if kind == "LSTM":
-                tensor = _lstm(layer, tensor)
-            elif kind == "Dense":
-                tensor = _dense(layer, tensor)
-            elif kind == "Flatten":
-                tensor = _flatten(tensor)
-        return tf.transpose(_flatten(tensor))
+        output, _ = _run_chain(layers, tensor)
+        return tf.transpose(_flatten(output))
 
-    compiled = tf.function(call, jit_compile=True, reduce_retracing=True)
+    time_steps, n_features = model.inputs[0].shape[1:]
+    if time_steps is None:
+        compiled = tf.function(call, jit_compile=True)  # one trace per length: the loop is unrolled
+    else:
+        signature = [tf.TensorSpec((None, time_steps, n_features), tf.float32)]
+        compiled = tf.function(call, jit_compile=True, input_signature=signature)
     return lambda batch: compiled(batch).numpy()

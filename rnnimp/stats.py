@@ -40,7 +40,6 @@ from . import validation
 from .errors import InvalidParameterError
 
 INTERVAL_METHODS = ("t", "percentile", "bca")
-BOOTSTRAP_METHODS = ("percentile", "bca")
 DEFAULT_RESAMPLES = 9999
 # Bounds the memory of one bootstrap batch: rows × resamples × values ≤ 2**22 float64 (32 MiB).
 _RESAMPLED_VALUES_PER_BATCH = 1 << 22
@@ -224,22 +223,6 @@ def interval(
         raise InvalidParameterError("values", "must have 1 dimension (repeats,)", values.shape)
     bounds = intervals(values[None, :], confidence, method, rng, n_resamples=n_resamples)
     return float(bounds.low[0]), float(bounds.high[0]), bounds.method[0]
-
-
-def t_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    """Student-t confidence interval of the mean of ``values`` (shape (n,), n >= 2)."""
-    low, high, _ = interval(values, confidence, "t")
-    return low, high
-
-
-def bootstrap_interval(
-    values: np.ndarray, confidence: float, rng: np.random.Generator, n_resamples: int = DEFAULT_RESAMPLES,
-    *, method: str = "percentile",
-) -> tuple[float, float]:
-    """Bootstrap interval (percentile by default) of the mean of ``values`` (shape (n,), n >= 2)."""
-    low, high, _ = interval(values, confidence, _choice("method", method, BOOTSTRAP_METHODS), rng,
-                            n_resamples=n_resamples)
-    return low, high
 
 
 def rank_descending(means: np.ndarray) -> np.ndarray:

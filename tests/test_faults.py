@@ -78,14 +78,14 @@ def test_killing_a_worker_process_mid_run_changes_nothing(local_ray, reference_t
     assert ray.is_initialized()
 
 
-def test_killed_driver_resumes_with_identical_results(tmp_path):
+def test_killed_driver_resumes_with_identical_results(tmp_path, reference_model_file):
     import subprocess
     import sys
 
     temp_root = tempfile_dir()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = temp_root  # the embedded Ray's processes are found (and stopped) by this path
-    args = ["--epochs", "1", "--steps-per-epoch", "100", "--samples", "8192", "--repeats", "8",
+    args = ["--model", str(reference_model_file), "--samples", "8192", "--repeats", "8",
             "--eval-batch-size", "256", "--shard-size", "512", "--num-cpus", "2", "--quiet"]
     out = tmp_path / "run"
     units = out / ".rnnimp-checkpoint" / "units"
@@ -107,17 +107,17 @@ def test_killed_driver_resumes_with_identical_results(tmp_path):
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         total = 3 * 8 * 16
         assert f"resumed: {checkpointed} of {total} units came from the checkpoint" in resumed.stdout
+        assert "trained" not in resumed.stdout  # --model: loaded, not trained
         assert not (out / ".rnnimp-checkpoint").exists()
-
-        fresh = tmp_path / "fresh"
-        undisturbed = subprocess.run([sys.executable, "-m", "jobs.seed_importance", "--out", str(fresh), *args],
-                                     cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert undisturbed.returncode == 0, undisturbed.stderr[-3000:]
-        for name in ("effects.parquet", "summary.parquet"):
-            assert pq.read_table(out / name).replace_schema_metadata(None).equals(
-                pq.read_table(fresh / name).replace_schema_metadata(None))
     finally:
         stop_processes(temp_root)
+
+    fresh = tmp_path / "fresh"  # undisturbed, in this process
+    undisturbed = call_job("jobs.seed_importance", "--out", str(fresh), *args)
+    assert undisturbed.returncode == 0, undisturbed.stderr[-3000:]
+    for name in ("effects.parquet", "summary.parquet"):
+        assert pq.read_table(out / name).replace_schema_metadata(None).equals(
+            pq.read_table(fresh / name).replace_schema_metadata(None))
 
 
 def tempfile_dir() -> str:
@@ -137,8 +137,7 @@ def stop_processes(marker: str) -> None:
 
 def test_unreachable_ray_address_fails_fast_with_one_line(tmp_path):
     started = time.monotonic()
-    done = call_job("jobs.seed_importance", "--out", str(tmp_path / "o"), "--epochs", "1",
-                    "--steps-per-epoch", "10", "--repeats", "2", "--connect-timeout", "3",
+    done = call_job("jobs.seed_importance", "--out", str(tmp_path / "o"), "--repeats", "2", "--connect-timeout", "3",
                     env={"RAY_ADDRESS": "127.0.0.1:1"})
     assert done.returncode == 2, done.stderr
     assert "RAY_ADDRESS: must name a reachable Ray cluster" in done.stderr

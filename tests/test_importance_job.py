@@ -74,7 +74,7 @@ def test_parquet_data_groups_and_permutation_on_ray(files, tmp_path):
 @pytest.mark.slow
 def test_loss_increase_per_step_map_from_npy(files, tmp_path):
     out = tmp_path / "steps"
-    done = run_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/data.npy",
+    done = call_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/data.npy",
                    "--labels", f"{files}/labels.npy", "--metric", "loss-increase", "--per-step",
                    "--repeats", "3", "--num-cpus", "1", "--quiet", "--out", str(out))
     assert done.returncode == 0, done.stderr

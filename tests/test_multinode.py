@@ -26,16 +26,16 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from jobtools import REPO, run_job
+from jobtools import REPO, call_job, run_job
 from raycluster import LocalCluster
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--epochs", "1", "--steps-per-epoch", "200", "--repeats", "3", "--samples", "64"]
+# Jobs load the session's trained model (--model PATH) rather than train their own.
+SMALL = ["--repeats", "3", "--samples", "64"]
 # About 1200 units of work (3 features x 10 repeats x 40 shards); two one-CPU actors take 20-30 s on a
 # busy 2-core machine, long enough to lose a node in the middle of it.
-LONG = ["--epochs", "1", "--steps-per-epoch", "200", "--repeats", "10", "--samples", "40000",
-        "--eval-batch-size", "512", "--shard-size", "1024"]
+LONG = ["--repeats", "10", "--samples", "40000", "--eval-batch-size", "512", "--shard-size", "1024"]
 # The GCS declares a silent node dead after 3 missed health checks 1 s apart (default: 5 x 3 s).
 FAST_NODE_FAILURE_DETECTION = {
     "RAY_health_check_initial_delay_ms": "1000",
@@ -50,8 +50,8 @@ def effects(out) -> "pq.Table":
 
 
 def embedded_effects(out, args: list[str]):
-    """The same job on an embedded single-node local Ray of 2 CPUs (RAY_ADDRESS unset)."""
-    done = run_job("jobs.seed_importance", "--out", str(out), *args, "--num-cpus", "2", "--quiet")
+    """The same job on an embedded single-node local Ray of 2 CPUs (RAY_ADDRESS unset), in this process."""
+    done = call_job("jobs.seed_importance", "--out", str(out), *args, "--num-cpus", "2", "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "embedded local Ray (2 CPUs)" in done.stdout
     return effects(out)
@@ -137,9 +137,10 @@ class AttachedJob:
         self.process.wait()
 
 
-def test_main_job_on_three_nodes_matches_an_embedded_single_node_run(tmp_path):
+def test_main_job_on_three_nodes_matches_an_embedded_single_node_run(tmp_path, reference_model_file):
+    small = [*SMALL, "--model", str(reference_model_file)]
     with LocalCluster(num_workers=2) as cluster:
-        done = run_job("jobs.seed_importance", "--out", str(tmp_path / "cluster"), *SMALL, "--quiet",
+        done = run_job("jobs.seed_importance", "--out", str(tmp_path / "cluster"), *small, "--quiet",
                        env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address})
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         workers = cluster.actors(WORKER_CLASS)
@@ -152,7 +153,7 @@ def test_main_job_on_three_nodes_matches_an_embedded_single_node_run(tmp_path):
     assert sorted(actor["node_id"] for actor in workers) == sorted(worker_node_ids)
     assert peers == [], "connections off loopback"
 
-    single = embedded_effects(tmp_path / "embedded", SMALL)
+    single = embedded_effects(tmp_path / "embedded", small)
     assert single.num_rows == 9
     assert effects(tmp_path / "cluster").equals(single)
 
@@ -172,10 +173,11 @@ def lose_a_worker_node(cluster: LocalCluster, job: AttachedJob):
     return victim, killed
 
 
-def test_job_survives_a_lost_worker_node(tmp_path):
+def test_job_survives_a_lost_worker_node(tmp_path, reference_model_file):
     out = tmp_path / "disturbed"
+    long = [*LONG, "--model", str(reference_model_file)]
     with LocalCluster(num_workers=2, system_env=FAST_NODE_FAILURE_DETECTION) as cluster:
-        job = AttachedJob(cluster, out, LONG)
+        job = AttachedJob(cluster, out, long)
         try:
             victim, killed = lose_a_worker_node(cluster, job)
             assert killed and not victim.pids()
@@ -186,7 +188,7 @@ def test_job_survives_a_lost_worker_node(tmp_path):
         (survivor,) = cluster.workers
     assert not cluster.pids(), "the test cluster left processes behind"
     assert job.process.returncode == 0, job.output()
-    assert effects(out).equals(embedded_effects(tmp_path / "undisturbed", LONG))
+    assert effects(out).equals(embedded_effects(tmp_path / "undisturbed", long))
     # The lost actor's units went to the survivor; its replacement never found a free CPU.
     placed = {actor["node_id"] for actor in workers if actor["node_id"]}
     assert placed == {victim.node_id, survivor.node_id}, describe(workers)

@@ -1,30 +1,63 @@
-"""``ray job submit`` of the main job to a local head, end to end."""
+"""``ray job submit`` of the main job to a local head, end to end: a submission stopped mid-run with
+``ray job stop`` and submitted again resumes from its checkpoint and finishes with the effects of an
+undisturbed run."""
 
 import subprocess
+import time
 
 import pyarrow.parquet as pq
 import pytest
 
-from jobtools import REPO
+from jobtools import REPO, call_job
 from raycluster import BIN, LocalHead, processes_mentioning
 
 pytestmark = pytest.mark.slow
 
+# 3 features x 8 repeats x 16 shards = 384 units, on the session's trained model (no training in the job).
+ARGS = ["--samples", "8192", "--repeats", "8", "--eval-batch-size", "256", "--shard-size", "512", "--quiet"]
+UNITS = 3 * 8 * 16
 
-def test_ray_job_submit_runs_the_main_job(tmp_path):
-    out = tmp_path / "submitted"
+
+def ray_cli(head, *args, timeout=600):
+    return subprocess.run([str(BIN / "ray"), *args], env=head.env, capture_output=True, text=True, timeout=timeout)
+
+
+def submit(head, submission_id, out, args, wait=True):
+    return ray_cli(head, "job", "submit", "--address", head.dashboard_url, "--working-dir", str(REPO),
+                   "--submission-id", submission_id, *([] if wait else ["--no-wait"]),
+                   "--", "python", "-m", "jobs.seed_importance", "--out", str(out), *args)
+
+
+def test_submitted_job_stopped_mid_run_resumes_when_submitted_again(tmp_path, reference_model_file):
+    args = [*ARGS, "--model", str(reference_model_file)]
+    out = tmp_path / "run"
+    units = out / ".rnnimp-checkpoint" / "units"
     with LocalHead(num_cpus=2) as head:
-        done = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url, "--working-dir", str(REPO),
-             "--", "python", "-m", "jobs.seed_importance", "--out", str(out), "--epochs", "1",
-             "--steps-per-epoch", "200", "--repeats", "3", "--samples", "64", "--quiet"],
-            env=head.env, capture_output=True, text=True, timeout=600,
-        )
+        started = submit(head, "rnnimp-first", out, args, wait=False)
+        assert started.returncode == 0, started.stderr
+        deadline = time.monotonic() + 300
+        while (not units.exists() or len(list(units.glob("*.npy"))) < 60) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stopped = ray_cli(head, "job", "stop", "--address", head.dashboard_url, "rnnimp-first")
+        assert stopped.returncode == 0, stopped.stderr
+        status = ray_cli(head, "job", "status", "--address", head.dashboard_url, "rnnimp-first").stdout
+        assert "stopped" in status.lower()
+        checkpointed = len(list(units.glob("*.npy")))
+        assert 60 <= checkpointed < UNITS and not (out / "summary.parquet").exists()
+
+        again = submit(head, "rnnimp-again", out, args)
         temp_dir = head.temp_dir
     assert not processes_mentioning(temp_dir), "the test head left processes behind"
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "succeeded" in done.stdout
-    assert "rnnimp: running on Ray cluster at " in done.stdout  # attached through RAY_ADDRESS
-    assert pq.read_table(out / "effects.parquet").num_rows == 9
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "succeeded" in again.stdout
+    assert "rnnimp: running on Ray cluster at " in again.stdout  # attached through RAY_ADDRESS
+    assert "resumed: " in again.stdout and f"of {UNITS} units came from the checkpoint" in again.stdout
     summary = pq.read_table(out / "summary.parquet").to_pylist()
     assert [row["feature"] for row in summary] == ["x1", "x2", "x3"]
+
+    fresh = tmp_path / "fresh"  # undisturbed, on an embedded Ray in this process
+    undisturbed = call_job("jobs.seed_importance", "--out", str(fresh), *args, "--num-cpus", "2")
+    assert undisturbed.returncode == 0, undisturbed.stderr[-3000:]
+    for name in ("effects.parquet", "summary.parquet"):
+        assert pq.read_table(out / name).replace_schema_metadata(None).equals(
+            pq.read_table(fresh / name).replace_schema_metadata(None))

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import show
-from jobtools import run_job
+from jobtools import call_job, run_job
 from rnnimp import cli
 from rnnimp.errors import InvalidParameterError
 from rnnimp.report import format_bootstrap_methods, format_configuration, format_summary, read_run
@@ -146,7 +146,7 @@ def test_show_refuses_what_is_not_a_finished_run(tmp_path, capsys, make, message
 
 def test_show_errors_are_one_line_and_exit_2_from_the_command_line(tmp_path):
     for args in ([str(tmp_path / "missing")], []):
-        done = run_job("jobs.show", *args, timeout=120)
+        done = call_job("jobs.show", *args)
         assert done.returncode == 2
         assert len(done.stderr.strip().splitlines()) == 1 and "error: " in done.stderr, done.stderr
         assert "Traceback" not in done.stderr

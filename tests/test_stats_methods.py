@@ -8,11 +8,21 @@ from scipy import stats
 
 from rnnimp.errors import InvalidParameterError
 from rnnimp.stats import (
-    bootstrap_interval, expanded_confidence, interval, intervals, pairwise_comparisons, rank_descending, rank_probabilities, summarize,
-    t_interval,
+    interval, intervals, pairwise_comparisons, rank_descending, rank_probabilities, summarize,
 )
 
 T_975_DF4 = 2.7764451051977987  # tables: t_{0.975, 4}
+
+
+def hesterberg_level(confidence: float, n: int) -> float:
+    """The level rnnimp's bootstrap intervals of a mean of n values use: 2 Φ(sqrt(n/(n-1)) t_{n-1, (1+c)/2}) - 1."""
+    return float(2 * stats.norm.cdf(np.sqrt(n / (n - 1)) * stats.t.ppf(0.5 + confidence / 2, n - 1)) - 1)
+
+
+def t_bounds(values, confidence):
+    """Student-t bounds of the mean of ``values`` (n,), from scipy."""
+    values = np.asarray(values)
+    return stats.t.interval(confidence, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
 
 
 def test_t_method_matches_the_textbook_formula_and_ignores_missing_repeats():
@@ -33,7 +43,7 @@ def test_percentile_method_on_two_values_is_their_range():
 def test_bootstrap_methods_are_scipys_on_the_same_random_stream(method, scipy_method):
     values = np.random.default_rng(3).gamma(2.0, size=(3, 25))
     bounds = intervals(values, 0.9, method, np.random.default_rng(11), n_resamples=2000)
-    reference = stats.bootstrap((values,), np.mean, confidence_level=expanded_confidence(0.9, 25), n_resamples=2000,
+    reference = stats.bootstrap((values,), np.mean, confidence_level=hesterberg_level(0.9, 25), n_resamples=2000,
                                 method=scipy_method,
                                 rng=np.random.default_rng(11), vectorized=True, axis=-1)
     np.testing.assert_allclose(bounds.low, reference.confidence_interval.low, rtol=1e-12)
@@ -60,7 +70,7 @@ def _scipy_bca_one_resample(seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return stats.bootstrap(([0.0, 1.0],), np.mean, n_resamples=1, method="BCa", rng=np.random.default_rng(seed),
-                               confidence_level=expanded_confidence(0.95, 2))
+                               confidence_level=hesterberg_level(0.95, 2))
 
 
 def test_bca_that_scipy_cannot_compute_falls_back_to_the_percentile_of_the_same_resamples():
@@ -85,13 +95,6 @@ def test_fewer_than_two_values_give_no_interval():
     for method in ("t", "percentile", "bca"):
         low, high, used = interval([np.nan, 0.3, np.nan], 0.95, method, np.random.default_rng(0))
         assert np.isnan(low) and np.isnan(high) and used is None
-
-
-def test_the_old_wrappers_keep_their_answers():
-    values = np.array([1.0, 2.0, 3.0, 4.0, 6.0])
-    assert t_interval(values, 0.95) == interval(values, 0.95, "t")[:2]
-    assert bootstrap_interval(values, 0.95, np.random.default_rng(2)) == \
-        interval(values, 0.95, "percentile", np.random.default_rng(2))[:2]
 
 
 @pytest.mark.parametrize(
@@ -129,8 +132,8 @@ def test_summarize_ragged_rows_uses_each_rows_finite_values():
     np.testing.assert_allclose(summary.mean, [3.2, 0.65, 0.2, 9.0, nan])
     np.testing.assert_allclose(summary.std, [np.sqrt(3.7), np.std(effects[1], ddof=1), 0.0, nan, nan], atol=1e-15)
     half = T_975_DF4 * np.sqrt(3.7) / np.sqrt(5)
-    np.testing.assert_allclose(summary.t_low[:3], [3.2 - half, t_interval(effects[1], 0.95)[0], 0.2], rtol=1e-12)
-    np.testing.assert_allclose(summary.t_high[:3], [3.2 + half, t_interval(effects[1], 0.95)[1], 0.2], rtol=1e-12)
+    np.testing.assert_allclose(summary.t_low[:3], [3.2 - half, t_bounds(effects[1], 0.95)[0], 0.2], rtol=1e-12)
+    np.testing.assert_allclose(summary.t_high[:3], [3.2 + half, t_bounds(effects[1], 0.95)[1], 0.2], rtol=1e-12)
     assert list(summary.bootstrap_method) == ["bca", "bca", "percentile", None, None]
     assert (summary.bootstrap_low[2], summary.bootstrap_high[2]) == (0.2, 0.2)
     for column in (summary.std, summary.t_low, summary.t_high, summary.bootstrap_low, summary.bootstrap_high):
@@ -142,7 +145,7 @@ def test_summarize_ragged_rows_uses_each_rows_finite_values():
 def test_summarize_percentile_is_scipys_percentile_of_the_complete_rows():
     effects = np.random.default_rng(8).gamma(3.0, size=(4, 20))
     summary = summarize(effects, 0.9, np.random.default_rng(4), interval="percentile", n_resamples=3000)
-    reference = stats.bootstrap((effects,), np.mean, confidence_level=expanded_confidence(0.9, 20), n_resamples=3000,
+    reference = stats.bootstrap((effects,), np.mean, confidence_level=hesterberg_level(0.9, 20), n_resamples=3000,
                                 method="percentile",
                                 rng=np.random.default_rng(4), vectorized=True, axis=-1)
     np.testing.assert_allclose(summary.bootstrap_low, reference.confidence_interval.low, rtol=1e-12)
@@ -155,7 +158,7 @@ def test_summarize_with_t_only_leaves_the_bootstrap_columns_empty():
     summary = summarize(effects, 0.95, np.random.default_rng(0), interval="t")
     assert np.isnan(summary.bootstrap_low).all() and np.isnan(summary.bootstrap_high).all()
     assert list(summary.bootstrap_method) == [None, None]
-    assert summary.t_low[0] == pytest.approx(t_interval(effects[0], 0.95)[0], rel=1e-12)
+    assert summary.t_low[0] == pytest.approx(t_bounds(effects[0], 0.95)[0], rel=1e-12)
 
 
 def test_rank_descending_puts_nan_last():
@@ -177,7 +180,7 @@ def test_pairwise_comparisons_pair_repeats_by_index():
     assert table["mean_difference"][0] == pytest.approx(0.01)
     assert table["t_low"][0] == pytest.approx(0.01) and table["t_high"][0] == pytest.approx(0.01)
     differences = np.array([0.0, 0.0, 0.0, 0.0, -0.5])  # b − c
-    low, high = t_interval(differences, 0.95)
+    low, high = t_bounds(differences, 0.95)
     assert table["mean_difference"][2] == pytest.approx(-0.1)
     assert (table["t_low"][2], table["t_high"][2]) == (pytest.approx(low, rel=1e-12), pytest.approx(high, rel=1e-12))
     assert table["settled"] == [True, False, False]
