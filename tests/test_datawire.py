@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
@@ -100,3 +102,32 @@ def test_bad_dataset_input_is_refused(model, tmp_path):
         prepare(model, str(tmp_path / "long"), None, Options())
     with pytest.raises(InvalidParameterError, match="shard_cache_mib"):
         prepare(model, str(tmp_path / "long"), None, Options(shard_cache_mib=0))
+
+
+def test_masked_steps_are_left_out_of_the_dataset_statistics(model, sample, tmp_path):
+    padded = sample.copy()
+    padded[::3, -2:, :] = 0.0  # every third series ends with two padded steps
+    folder = str(tmp_path / "padded")
+    write_dataset(padded, folder, series_per_file=64)
+    real = padded.reshape(-1, N_FEATURES)[np.any(padded.reshape(-1, N_FEATURES) != 0, axis=1)]
+    options = Options(perturbation="ablate", mask_value=0.0, batch_size=16, shard_size=32)
+    for X in (padded, folder):
+        request = prepare(model, X, None, options)
+        assert request.configuration["ablate_values"] == Moments.of(real).means().tolist()
+    options = dict(n_repeats=2, batch_size=16, shard_size=32, noise_relative=0.5, mask_value=0.0)
+    np.testing.assert_array_equal(sensitivity_importance(model, folder, **options).effects,
+                                  sensitivity_importance(model, padded, **options).effects)
+
+
+def test_the_fingerprint_follows_the_files_not_the_rows(model, sample, tmp_path):
+    from rnnimp.runner import data_fingerprint
+
+    folder = str(tmp_path / "fp")
+    write_dataset(sample, folder, series_per_file=50)
+    first = prepare(model, folder, None, Options()).sample
+    assert data_fingerprint(prepare(model, folder, None, Options()).sample, None) == data_fingerprint(first, None)
+    changed = sample.copy()
+    changed[0, 0, 0] += 1.0
+    write_dataset(changed[:50], str(tmp_path / "fp2"), series_per_file=50)
+    os.replace(tmp_path / "fp2" / "part-00000.parquet", tmp_path / "fp" / "part-00000.parquet")
+    assert data_fingerprint(prepare(model, folder, None, Options()).sample, None) != data_fingerprint(first, None)
