@@ -128,3 +128,18 @@ def test_job_reads_an_s3_dataset_and_writes_out_to_s3(model, sample, s3_dataset,
     in_memory = pq.read_table(local / "effects.parquet").to_pandas()
     np.testing.assert_array_equal(from_s3["effect"].to_numpy(), in_memory["effect"].to_numpy())
     assert sorted(from_s3["feature"].unique()) == ["g", "x0", "x1", "x2"]
+
+
+def test_benchmark_dataset_writes_the_dataset_and_compares_with_the_in_memory_run(tmp_path):
+    import json
+
+    folder = tmp_path / "bench-ds"
+    done = run_job("jobs.benchmark", "--dataset", str(folder), "--samples", "3000", "--repeats", "2",
+                   "--num-cpus", "2", "--epochs", "1", "--eval-batch-size", "512", "--shard-size", "1024",
+                   "--dataset-series-per-file", "700")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["dataset_files"] == 5 and figures["identical_effects"] is True
+    assert figures["cache_misses"] <= 2 * 3 and figures["cache_hits"] > 0  # each worker reads a shard once
+    assert figures["dataset_steps_per_s"] > 0 and figures["worker_peak_rss_bytes"] > 0
+    assert sorted(p.name for p in folder.iterdir()) == ["chunk-00000"]
