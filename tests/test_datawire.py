@@ -131,3 +131,48 @@ def test_the_fingerprint_follows_the_files_not_the_rows(model, sample, tmp_path)
     write_dataset(changed[:50], str(tmp_path / "fp2"), series_per_file=50)
     os.replace(tmp_path / "fp2" / "part-00000.parquet", tmp_path / "fp" / "part-00000.parquet")
     assert data_fingerprint(prepare(model, folder, None, Options()).sample, None) != data_fingerprint(first, None)
+
+
+def two_input_model():
+    import keras
+
+    keras.utils.set_random_seed(4)
+    sequence = keras.Input((N_TIME, N_FEATURES), name="seq")
+    static = keras.Input((2,), name="static")
+    merged = keras.layers.Concatenate()([keras.layers.LSTM(4)(sequence), static])
+    return keras.Model([sequence, static], keras.layers.Dense(1)(merged))
+
+
+def test_a_dataset_input_beside_an_in_memory_static_input(sample, dataset):
+    model = two_input_model()
+    static = np.random.default_rng(2).normal(size=(N_SERIES, 2)).astype(np.float32)
+    options = dict(n_repeats=2, batch_size=16, shard_size=32, perturbation="ablate", groups={"g": [0, 3]})
+    expected = sensitivity_importance(model, {"seq": sample, "static": static}, **options).effects
+    np.testing.assert_array_equal(
+        sensitivity_importance(model, {"seq": dataset, "static": static}, **options).effects, expected)
+    with pytest.raises(InvalidParameterError, match="static input"):
+        prepare(model, {"seq": dataset, "static": dataset}, None, Options())
+
+
+def test_the_job_refuses_a_static_input_from_a_dataset(sample, dataset, tmp_path):
+    from jobtools import call_job
+
+    two_input_model().save(tmp_path / "two.keras")
+    done = call_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={dataset}",
+                    "--data", f"static={dataset}", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "--data static: input 'static' is a static input" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_job_refuses_a_static_parquet_input_of_other_series(dataset, tmp_path):
+    from jobtools import call_job
+    from rnnimp.data import write_static_parquet
+
+    two_input_model().save(tmp_path / "two.keras")
+    static = np.zeros((N_SERIES, 2), np.float32)
+    write_static_parquet(static, str(tmp_path / "static.parquet"), ["s1", "s2"], series_ids=np.arange(N_SERIES))
+    done = call_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={dataset}",
+                    "--data", f"static={tmp_path / 'static.parquet'}", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "--data static: must hold the series of input 'seq' (150 series, ids 7..454)" in done.stderr
