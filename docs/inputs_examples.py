@@ -1,6 +1,6 @@
 """Build the two worked examples of the README's "Several inputs" and "Variable-length series" sections.
 
-  python examples/inputs_examples.py --out examples/data
+  python docs/inputs_examples.py --out results/examples
 
 writes, under --out:
 - forecast/model.keras, forecast/sequence.parquet, forecast/static.parquet: a model
@@ -75,7 +75,7 @@ def masked(out: str, rng: np.random.Generator) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="examples/data")
+    parser.add_argument("--out", default="results/examples")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     import keras
