@@ -33,6 +33,7 @@ import tempfile
 import time
 from typing import Sequence
 
+from jobs import benchmark_dataset
 from rnnimp import cli, validation
 from rnnimp.errors import RnnimpError
 
@@ -76,6 +77,7 @@ def parse_args(argv: Sequence[str] | None):
     add("--compare-training", action="store_true",
         help="also train again, fast and with plain fit (no XLA, one step per call), one after the other "
              "with the workers stopped, and compare")
+    benchmark_dataset.add_options(add)
     add("--one-thread-limit", nargs=3, metavar=("MODEL", "SAMPLE", "BATCH"), help=cli.argparse.SUPPRESS)
     add("--sklearn-run", nargs=3, metavar=("MODEL", "SAMPLE", "LABELS"), help=cli.argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -144,6 +146,8 @@ def summary_of(out: str) -> tuple[list[float], dict]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.dataset or args.write_dataset:
+        return benchmark_dataset.run(args)
     if args.one_thread_limit:
         model_path, sample_path, batch = args.one_thread_limit
         measure_one_thread(model_path, sample_path, int(batch), None if args.skip_kinds else args.kinds_series,

@@ -4,7 +4,11 @@
   python -m jobs.importance --model M.keras --data seq=S.parquet --data static=C.parquet ...
 
 --data is a .npy array (series, time, features) or a long-form Parquet
-table (a series id column, a time column, one column per feature). A model
+table (a series id column, a time column, one column per feature), or a
+partitioned dataset of such Parquet files: a directory or a pyarrow.fs URI
+prefix (s3://bucket/prefix/?endpoint_override=HOST:PORT&scheme=http for
+MinIO), every series inside one file; the workers then read it shard by
+shard and the driver reads only its metadata (--shard-cache-mib). A model
 with several inputs takes --data NAME=PATH once per input, NAME being the
 input's name in the model; a static input is a .npy (series, features) or a
 Parquet table with one row per series (series id column + feature columns).
@@ -68,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = load_model(args.model, "--model")
         X, labels, names, segments, several = _load_inputs(args, model, mask_value)
         options = cli.options_from_args(args, JOB, feature_names=names, segments=segments)
-        request = prepare(model, X, labels, options, parameter_names)
+        request = prepare(model, X, labels, options, parameter_names, statistics=dataset_statistics)
         job = {"name": JOB, "model": args.model, "data": args.data if several else args.data[0],
                "labels": args.labels}
         cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
@@ -105,8 +109,10 @@ def _load_inputs(args, model, mask_value):
             raise InvalidParameterError("--segment-column", "must name a column of a Parquet --data file",
                                         args.segment_column)
         segments = data.segment_labels(paths[holders[0]], args.segment_column, series_column=args.series_column)
-    loaded = {}
+    loaded, datasets = {}, open_datasets(paths, model, several, args)
     for name, shape in zip(input_names, model_input_shapes(model)):
+        if name in datasets:
+            continue
         kind = data.SEQUENCE if len(shape) == 2 else data.STATIC
         mask = mask_value.get(name) if isinstance(mask_value, dict) else mask_value
         if mask is None and mask_value is None:
@@ -116,20 +122,74 @@ def _load_inputs(args, model, mask_value):
             series_column=args.series_column, time_column=args.time_column,
             mask_value=mask if kind == data.SEQUENCE else None, padding=args.padding,
             drop_columns=() if args.segment_column is None else (args.segment_column,))
-    data.match_series(loaded)
-    n_features = sum(item.array.shape[-1] for item in loaded.values())
+    if loaded:
+        data.match_series(loaded)
+    match_dataset_series(datasets, loaded)
+    arrays = {name: datasets[name] if name in datasets else loaded[name].array for name in input_names}
+    feature_names = {name: list(datasets[name].feature_names) if name in datasets else loaded[name].feature_names
+                     for name in input_names}
+    n_features = sum(array.shape[-1] for array in arrays.values())
     names = data.feature_names_from_option(args.feature_names, n_features)
     if names is None:
         if several:
-            names = {name: item.feature_names for name, item in loaded.items() if item.feature_names} or None
+            names = {name: found for name, found in feature_names.items() if found} or None
         else:
-            names = loaded[input_names[0]].feature_names
-    X = {name: item.array for name, item in loaded.items()} if several else loaded[input_names[0]].array
+            names = feature_names[input_names[0]]
+    X = arrays if several else arrays[input_names[0]]
     labels = None
     if args.labels is not None:
-        labels = data.load_labels(args.labels, len(next(iter(loaded.values())).array),
+        first = arrays[input_names[0]]
+        labels = data.load_labels(args.labels, first.n_series if input_names[0] in datasets else len(first),
                                   series_column=args.series_column, time_column=args.time_column)
     return X, labels, names, segments, several
+
+
+def dataset_statistics(inputs, mask_values, shards):
+    """Per-feature statistics of dataset inputs: one pass on the Ray workers (the driver reads no rows)."""
+    from rnnimp import distributed
+
+    return distributed.dataset_moments(inputs, mask_values, shards)
+
+
+def open_datasets(paths: dict, model, several: bool, args) -> dict:
+    """{input name: DatasetPlan} of the --data paths that are directories or URI prefixes (metadata only).
+
+    Partitioned datasets hold sequence inputs; a static input given as one is refused.
+    """
+    from rnnimp.dataset import DatasetPlan, names_dataset
+    from rnnimp.inputs import model_input_shapes
+
+    plans = {}
+    for (name, path), shape in zip(paths.items(), model_input_shapes(model)):
+        if not names_dataset(path):
+            continue
+        parameter = f"--data {name}" if several else "--data"
+        if len(shape) != 2:
+            raise InvalidParameterError(parameter, f"input {name!r} is a static input: give a .npy (series, "
+                                        "features) or a .parquet file with one row per series; partitioned "
+                                        "datasets hold sequence inputs only", path)
+        plans[name] = DatasetPlan.open(path, parameter=parameter, series_column=args.series_column,
+                                       time_column=args.time_column)
+    return plans
+
+
+def match_dataset_series(datasets: dict, loaded: dict) -> None:
+    """Refuse Parquet inputs read in memory whose series ids differ from a dataset input's (by range and count).
+
+    Dataset series are ordered by id, as the in-memory reader orders them, so equal id sets line up.
+    """
+    if not datasets:
+        return
+    name, plan = next(iter(datasets.items()))
+    ends = (plan.files[0].min_id, plan.files[-1].max_id)
+    for other, item in loaded.items():
+        if item.series_ids is None:
+            continue
+        ids = item.series_ids.to_pylist()
+        if len(ids) != plan.n_series or (ids[0], ids[-1]) != ends:
+            raise InvalidParameterError(
+                f"--data {other}", f"must hold the series of input {name!r} ({plan.n_series} series, ids "
+                f"{ends[0]!r}..{ends[1]!r})", f"{len(ids)} series, ids {ids[0]!r}..{ids[-1]!r}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,11 @@ def sensitivity_importance(
     model with several inputs, ``X`` is a dict {input name: array} (or a
     list in ``model.inputs`` order) of sequence (series, time, features) and
     static (series, features) arrays; padded steps (``mask_value``) are
-    never perturbed (see :mod:`rnnimp.inputs`).
+    never perturbed (see :mod:`rnnimp.inputs`). ``X`` (or a sequence
+    input's entry) may also be a partitioned long-form Parquet dataset: a
+    directory or ``pyarrow.fs`` URI prefix string, or a
+    ``pyarrow.dataset.Dataset``; the workers then read it shard by shard
+    (see :mod:`rnnimp.dataset`; ``shard_cache_mib`` is each worker's cache).
 
     ``y``: labels (series, ...), one per model output, for the loss-increase
     metric. ``options``: any field of :class:`Options` (n_repeats,
@@ -57,5 +61,17 @@ def sensitivity_importance(
 
     Returns an ImportanceResult with ``effects`` (targets, [steps,] repeats).
     """
-    request = prepare(model, X, y, options_from_keywords(options))
-    return run(model, request, executor=executor, progress=progress, checkpoint=checkpoint, metadata=metadata)
+    options_given = options_from_keywords(options)
+    statistics, owned = None, None
+    if executor == "ray" or type(executor).__name__ == "RayExecutor":
+        from .distributed import RayExecutor, dataset_moments
+
+        statistics = dataset_moments  # dataset input: per-feature statistics computed by the workers
+        if executor == "ray":
+            executor = owned = RayExecutor().start()
+    try:
+        request = prepare(model, X, y, options_given, statistics=statistics)
+        return run(model, request, executor=executor, progress=progress, checkpoint=checkpoint, metadata=metadata)
+    finally:
+        if owned is not None:
+            owned.shutdown()

@@ -36,6 +36,7 @@ No Ray here: :mod:`rnnimp.distributed` runs these functions in its workers.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections import OrderedDict
@@ -616,3 +617,120 @@ def write_dataset(
         pq.write_table(pa.table(columns), file_path, filesystem=filesystem, row_group_size=rows_per_group)
         written.append(file_path)
     return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset input: what a run's sample holds in place of an array
+
+DEFAULT_CACHE_MIB = 1024  # per worker: the shard cache's byte budget (Options.shard_cache_mib)
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """One model input read from a dataset: the plan, its fingerprint and each worker's cache budget.
+
+    Stands in for the (series, time, features) array of the input in a
+    :class:`rnnimp.options.Request` and an :class:`rnnimp.worker.EvaluationJob`:
+    it has the array's ``shape``, ``ndim``, ``dtype`` and ``len`` but holds no
+    values; the workers turn it into a :class:`SampleView` over their own
+    :class:`ShardReader` (see :func:`rnnimp.worker.materialize`). Small and
+    picklable: this, not the rows, is what the object store holds.
+    """
+
+    plan: DatasetPlan
+    fingerprint: str
+    budget_bytes: int
+
+    is_dataset = True  # duck-typed marker for modules that must not import this one
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.plan.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.plan.nbytes
+
+    def __len__(self) -> int:
+        return self.plan.n_series
+
+
+def is_dataset(value: Any) -> bool:
+    """Whether ``value`` is a :class:`DatasetInput` (or any object marked as one)."""
+    return bool(getattr(value, "is_dataset", False))
+
+
+def is_dataset_source(value: Any) -> bool:
+    """Whether ``value`` names a dataset: a path or URI string, a pyarrow dataset, or a plan."""
+    return isinstance(value, (str, os.PathLike, pads.FileSystemDataset, DatasetPlan))
+
+
+def plan_fingerprint(plan: DatasetPlan) -> str:
+    """SHA-256 of what identifies the dataset's data without reading it.
+
+    Covers, per file in series order: its path, size in bytes, modification
+    time (as the filesystem reports it; S3: the object's Last-Modified),
+    row count, row-group count and id range; and the schema, feature names
+    and time values. A rewrite of any file changes its size or modification
+    time, so a checkpoint of other data is refused. It does not read values:
+    a file rewritten in place with the same size within the filesystem's
+    time resolution is not detected.
+    """
+    infos = plan.filesystem.get_file_info([file.path for file in plan.files])
+    digest = hashlib.sha256(repr((plan.schema.to_string(), plan.feature_names, plan.times,
+                                  plan.series_column, plan.time_column)).encode())
+    for file, info in zip(plan.files, infos):
+        modified = None if info.mtime_ns is None else int(info.mtime_ns)
+        digest.update(repr((file.path, info.size, modified, file.n_rows, file.n_row_groups,
+                            file.min_id, file.max_id)).encode())
+    return digest.hexdigest()
+
+
+def open_input(source: Any, budget_bytes: int, *, parameter: str = "--data", series_column: str = "series",
+               time_column: str = "time") -> DatasetInput:
+    """The :class:`DatasetInput` of ``source`` (path, URI prefix, pyarrow dataset or plan), from metadata only."""
+    if isinstance(source, DatasetPlan):
+        plan = source
+    else:
+        plan = DatasetPlan.open(os.fspath(source) if isinstance(source, os.PathLike) else source,
+                                parameter=parameter, series_column=series_column, time_column=time_column)
+    return DatasetInput(plan, plan_fingerprint(plan), int(budget_bytes))
+
+
+def value_moments(array: np.ndarray, mask_value: float | None = None) -> Moments:
+    """The :class:`Moments` of ``array`` (..., features) over its real steps: steps whose features all
+    equal ``mask_value`` (padding) are left out."""
+    rows = np.asarray(array).reshape(-1, np.shape(array)[-1])
+    if mask_value is not None:
+        rows = rows[np.any(rows != np.float32(mask_value), axis=1)]
+    return Moments.of(rows)
+
+
+def shard_moments(inputs: Sequence[DatasetInput], mask_values: Sequence[float | None], shard: Shard) -> list[Moments]:
+    """Per dataset input, the moments of one shard's real steps (what one worker task computes)."""
+    return [value_moments(read_shard(item.plan, shard), mask) for item, mask in zip(inputs, mask_values)]
+
+
+def local_moments(inputs: Sequence[DatasetInput], mask_values: Sequence[float | None],
+                  shards: Sequence[Shard]) -> list[Moments]:
+    """Per dataset input, the moments of the whole dataset, read here one shard at a time.
+
+    For runs in this process (the local executor); Ray runs use
+    :func:`rnnimp.distributed.dataset_moments`, which gives the same (exact) result.
+    """
+    parts = [shard_moments(inputs, mask_values, shard) for shard in shards]
+    return [combine([part[k] for part in parts]) for k in range(len(inputs))]
+
+
+def names_dataset(path: str) -> bool:
+    """Whether ``path`` (a local path or pyarrow.fs URI) is a directory or prefix, i.e. a dataset, not a file.
+
+    Unreachable or missing paths are not datasets (the file readers then say why).
+    """
+    try:
+        filesystem, resolved = resolve(path)
+        return filesystem.get_file_info(resolved).type == pafs.FileType.Directory
+    except (OSError, ValueError, pa.ArrowException):
+        return False

@@ -30,7 +30,7 @@ from . import logs, sizes, validation
 from .errors import InvalidParameterError, WorkersLostError
 from .method import Unit
 from .method import Shard
-from .worker import Baseline, EvaluationJob, peak_rss_bytes, predict_shard, unit_sums, warm_up
+from .worker import Baseline, EvaluationJob, cache_stats, peak_rss_bytes, predict_shard, unit_sums, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,9 @@ def worker_env(gpus_per_worker: float | None = None) -> dict[str, str]:
 _LOST_ACTOR = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
+_CONNECTED_AS: str | None = None  # what connect() connected this process to (None: it did not)
+
+
 def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str:
     """Attach to ``RAY_ADDRESS`` if set, else start an embedded local Ray.
 
@@ -123,8 +126,9 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
     InvalidParameterError after about ``connect_timeout_s`` seconds. Ray's
     informational logs are silenced unless --verbose.
     """
+    global _CONNECTED_AS
     if ray.is_initialized():
-        return "existing Ray connection"
+        return _CONNECTED_AS or "existing Ray connection"
     logging_level = logging.INFO if logs.verbose() else logging.WARNING
     if not logs.verbose():
         _drop_worker_death_notices()
@@ -140,7 +144,8 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
             raise InvalidParameterError(
                 "RAY_ADDRESS", f"must name a reachable Ray cluster ({type(error).__name__})", address
             ) from None
-        return f"Ray cluster at {address}"
+        _CONNECTED_AS = f"Ray cluster at {address}"
+        return _CONNECTED_AS
     # Ray 2.60 turns token authentication on by default for a new local cluster (RAY_AUTH_MODE unset)
     # and announces it in a warning, dropped unless --verbose; the user's explicit choice wins.
     if os.environ.get(AUTH_MODE_ENV, "token").lower() != "token":
@@ -152,7 +157,8 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
         address="local", num_cpus=num_cpus, include_dashboard=False,
         _node_ip_address="127.0.0.1", logging_level=logging_level,
     )
-    return f"embedded local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+    _CONNECTED_AS = f"embedded local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+    return _CONNECTED_AS
 
 
 def _check_reachable(address: str, timeout_s: float) -> None:
@@ -181,6 +187,8 @@ def _check_reachable(address: str, timeout_s: float) -> None:
 
 def shutdown() -> None:
     """Disconnect from Ray (stops an embedded local Ray)."""
+    global _CONNECTED_AS
+    _CONNECTED_AS = None
     if ray.is_initialized():
         ray.shutdown()
 
@@ -256,12 +264,46 @@ def check_sizes(sample, labels, settings, architecture_json: str) -> None:
     # several inputs: counted as one input of 1 step holding every value of a series
     n_series, time_steps, n_features = shapes[0] if len(shapes) == 1 else (
         shapes[0][0], 1, sum(int(np.prod(shape[1:])) for shape in shapes))
+    datasets = [a for a in (sample if isinstance(sample, (tuple, list)) else (sample,))
+                if getattr(a, "is_dataset", False)]
     run_sizes = sizes.RunSizes(n_series, time_steps, n_features, n_outputs, layout.batch_size,
                                layout.shard_size, n_weights, activations, labels is not None,
-                               settings.perturbation.kind == "permute")
+                               settings.perturbation.kind == "permute", sample_in_store=not datasets,
+                               cache_bytes=sum(min(a.budget_bytes, a.nbytes) for a in datasets))
     for warning in sizes.check(run_sizes, cluster_capacity()):
         log.warning(warning)
     _CHECKED.add(key)
+
+
+@ray.remote(num_cpus=1)
+def _shard_moments(inputs, mask_values, shards) -> list:
+    """Per dataset input, the moments of ``shards`` (read here, one at a time)."""
+    from .dataset import combine, shard_moments
+
+    parts = [shard_moments(inputs, mask_values, shard) for shard in shards]
+    return [combine([part[k] for part in parts]) for k in range(len(inputs))]
+
+
+def dataset_moments(inputs, mask_values, shards) -> list:
+    """Per dataset input, its exact :class:`~rnnimp.dataset.Moments`, from one distributed pass.
+
+    One Ray task per group of consecutive shards (about four groups per CPU)
+    reads its shards and returns their per-feature integer sums; the driver
+    adds them up, exactly, so the result equals the in-memory statistics bit
+    for bit. The driver holds only the small sums. Connects to Ray if needed.
+    """
+    from .dataset import combine
+
+    if not ray.is_initialized():
+        connect()
+    shards = list(shards)
+    n_groups = max(1, min(len(shards), 4 * int(ray.cluster_resources().get("CPU", 1))))
+    groups = [list(group) for group in np.array_split(np.arange(len(shards)), n_groups) if len(group)]
+    inputs_ref = ray.put(list(inputs))
+    refs = [_shard_moments.options(runtime_env={"env_vars": worker_env()}).remote(
+        inputs_ref, list(mask_values), [shards[i] for i in group]) for group in groups]
+    parts = ray.get(refs)
+    return [combine([part[k] for part in parts]) for k in range(len(inputs))]
 
 
 @ray.remote(num_cpus=1)
@@ -292,7 +334,7 @@ class _EvaluationWorker:
 
     def stats(self) -> dict:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "peak_rss_bytes": peak_rss_bytes()}
+                "peak_rss_bytes": peak_rss_bytes(), "shard_cache": cache_stats()}
 
     @ray.method(num_returns=2)
     def predict_shard(self, model, sample, settings, shard):

@@ -218,6 +218,8 @@ def _input_array(parameter: str, name: str, value: Any, declared: tuple[int | No
                  named: bool) -> np.ndarray:
     # X['static'] in the API; --data static on the command line
     where = (f"{parameter} {name}" if parameter.startswith("-") else f"{parameter}[{name!r}]") if named else parameter
+    if getattr(value, "is_dataset", False):  # a rnnimp.dataset.DatasetInput: checked by shape, values read by workers
+        return _dataset_input(where, name, value, declared)
     array = np.asarray(value)
     if len(declared) == 2:
         kind, layout = "a sequence input", "(series, time, features)"
@@ -244,6 +246,19 @@ def _input_array(parameter: str, name: str, value: Any, declared: tuple[int | No
         raise InvalidParameterError(where, f"must match the model's input {name!r} shape (series, {shown})",
                                     f"shape {array.shape}")
     return array
+
+
+def _dataset_input(where: str, name: str, value: Any, declared: tuple[int | None, ...]) -> Any:
+    """A dataset input checked against the model's input ``name`` (sequence inputs only)."""
+    if len(declared) != 2:
+        raise InvalidParameterError(
+            where, f"input {name!r} is a static input: give it as a .npy (series, features) or a .parquet file with "
+            "one row per series; partitioned datasets hold sequence inputs only", value.plan.location)
+    if any(d is not None and d != a for d, a in zip(declared, value.shape[1:])):
+        shown = ", ".join("None" if d is None else str(d) for d in declared)
+        raise InvalidParameterError(where, f"must match the model's input {name!r} shape (series, {shown})",
+                                    f"shape {value.shape}")
+    return value
 
 
 def resolve_mask_values(mask_value: float | Mapping[str, float] | None, model, names: Sequence[str],

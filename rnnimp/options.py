@@ -32,6 +32,8 @@ from .inputs import (PADDINGS, InputLayout, feature_names as input_feature_names
 from .method import LOSSES, METRICS, Layout, Measures, Metric, Target
 from . import conditional
 from .conditional import DEFAULT_STRATA
+from .dataset import DEFAULT_CACHE_MIB, DatasetInput, Moments, is_dataset, is_dataset_source, local_moments, \
+    open_input, value_moments
 from .perturb import PERTURBATIONS as _PERTURB_KINDS, Perturbation
 
 CONDITIONAL = "conditional-permute"
@@ -300,6 +302,10 @@ class Options:
         DEFAULT_SHARD_SIZE, flag="--shard-size", type=int,
         help="series per unit of work, a multiple of --eval-batch-size (default: %(default)s)")
     jit_compile: bool = _option(True)
+    shard_cache_mib: int = _option(
+        DEFAULT_CACHE_MIB, flag="--shard-cache-mib", type=int, jobs=("importance",), recorded=False,
+        help="dataset input (--data DIR or URI prefix): MiB of shards each worker keeps cached, shared by the "
+             "dataset inputs (default: %(default)s)")
 
     def configuration(self) -> dict[str, Any]:
         """The recorded options: a resolved Options' entry in a run's configuration (JSON-ready).
@@ -377,7 +383,9 @@ class Request:
     ``options``: resolved (names, groups by feature name, max_repeats, the
     effective batch and shard sizes); ``sample`` (series, time, features)
     float32 for a single-input model, else a tuple of one float32 array per
-    model input (see :mod:`rnnimp.inputs`); ``labels`` (series, outputs)
+    model input (see :mod:`rnnimp.inputs`), where a sequence input read from
+    a partitioned dataset is a :class:`~rnnimp.dataset.DatasetInput` (its
+    plan, no rows); ``labels`` (series, outputs)
     float32 or None; ``steps[t]``: target t's steps in a time-step map, or
     [None]; ``names`` how errors name the parameters (kept for the checks
     that need the model to run).
@@ -443,36 +451,56 @@ def resolve_targets(names: list[str], groups: Mapping[str, Sequence[str | int]] 
     return targets
 
 
-def _feature_values(sample, mask_values: Sequence[float | None] = ()) -> list[np.ndarray]:
-    """Per input, its values as (values, features), padded steps of masked inputs left out."""
+Statistics = Callable[[Sequence[DatasetInput], Sequence["float | None"], Sequence[Any]], list[Moments]]
+"""``statistics(dataset inputs, their mask values, the layout's shards)``: per input, its exact moments."""
+
+
+def input_moments(sample, mask_values: Sequence[float | None] = (), shards: Sequence[Any] = (),
+                  statistics: Statistics | None = None) -> list[Moments]:
+    """Per model input, the exact :class:`~rnnimp.dataset.Moments` of its values (real steps only).
+
+    In-memory inputs are summed here; dataset inputs by ``statistics`` (default
+    :func:`rnnimp.dataset.local_moments`: read here one shard at a time; the
+    jobs pass :func:`rnnimp.distributed.dataset_moments`: one pass on the
+    workers). Exact sums, so both give the same bits.
+    """
     arrays = list(sample) if isinstance(sample, (tuple, list)) else [sample]
     masks = list(mask_values) or [None] * len(arrays)
-    values = []
-    for array, mask_value in zip(arrays, masks):
-        rows = array.reshape(-1, array.shape[-1])
-        if mask_value is not None:
-            rows = rows[np.any(rows != np.float32(mask_value), axis=1)]
-        values.append(rows)
-    return values
+    moments: list[Moments | None] = [None if is_dataset(a) else value_moments(a, m) for a, m in zip(arrays, masks)]
+    datasets = [k for k, array in enumerate(arrays) if is_dataset(array)]
+    if datasets:
+        computed = (statistics or local_moments)([arrays[k] for k in datasets], [masks[k] for k in datasets],
+                                                 shards)
+        for k, value in zip(datasets, computed):
+            moments[k] = value
+    return moments  # type: ignore[return-value]
 
 
 def resolve_perturbation(kind: str, sample, noise_scale: float, noise_relative: float | None,
                          ablate_value: str | float, names: Names = API_NAMES,
-                         mask_values: Sequence[float | None] = ()) -> Perturbation:
+                         mask_values: Sequence[float | None] = (),
+                         moments: Callable[[], list[Moments]] | None = None) -> Perturbation:
     """The perturbation with its per-feature scales or replacement values fixed on ``sample``.
 
     ``sample``: one array (series, time, features), or one array per model
     input; scales and values are per global feature (inputs in order), their
     statistics taken over real steps only where an input has a mask value.
+    Means and standard deviations (ddof 0) are the correctly rounded exact
+    ones (:class:`~rnnimp.dataset.Moments`), the same bits for in-memory and
+    dataset input. ``moments``: computes them per input (default: from
+    ``sample`` here, see :func:`input_moments`); called only when needed.
     """
     if kind not in PERTURBATIONS:
         raise InvalidParameterError(names("perturbation"), f"must be one of {', '.join(PERTURBATIONS)}", kind)
-    per_input = _feature_values(sample, mask_values)
-    n_features = sum(v.shape[1] for v in per_input)
+    arrays = list(sample) if isinstance(sample, (tuple, list)) else [sample]
+    n_features = sum(a.shape[-1] for a in arrays)
+    if moments is None:
+        def moments() -> list[Moments]:
+            return input_moments(arrays, mask_values)
     if kind == "noise":
         if noise_relative is not None:
             relative = validation.positive_finite(names("noise_relative"), noise_relative)
-            stds = np.concatenate([v.std(axis=0, dtype=np.float64) for v in per_input])
+            stds = np.concatenate([m.stds() for m in moments()])
             return Perturbation("noise", scales=tuple(float(relative * s) for s in stds))
         scale = validation.positive_finite(names("noise_scale"), noise_scale)
         return Perturbation("noise", scales=(scale,) * n_features)
@@ -482,7 +510,7 @@ def resolve_perturbation(kind: str, sample, noise_scale: float, noise_relative: 
             raise InvalidParameterError(names("X"), "must hold at least 2 series to permute", n_series)
         return Perturbation("permute")
     if ablate_value == "mean":
-        values = np.concatenate([v.mean(axis=0, dtype=np.float64) for v in per_input])
+        values = np.concatenate([m.means() for m in moments()])
     elif ablate_value == "zero":
         values = np.zeros(n_features)
     else:
@@ -548,6 +576,38 @@ def options_from_keywords(options: Mapping[str, Any]) -> Options:
         raise InvalidParameterError("options", "must be fields of rnnimp.api.Options", str(error)) from None
 
 
+def open_datasets(X: Any, cache_mib: int, names: Names = API_NAMES) -> Any:
+    """``X`` with every dataset source (a directory or URI prefix string, a pyarrow dataset, a
+    :class:`~rnnimp.dataset.DatasetPlan`) replaced by its :class:`~rnnimp.dataset.DatasetInput`.
+
+    Only metadata is read. The worker's cache budget ``cache_mib`` is shared
+    equally by the dataset inputs.
+    """
+    def sources(values) -> int:
+        return sum(1 for value in values if is_dataset_source(value))
+
+    if isinstance(X, Mapping):
+        count = sources(X.values())
+        return {key: open_input(value, (cache_mib << 20) // count, parameter=f"{names('X')}[{key!r}]")
+                if is_dataset_source(value) else value for key, value in X.items()}
+    if isinstance(X, (list, tuple)):
+        count = sources(X)
+        return [open_input(value, (cache_mib << 20) // count, parameter=names("X"))
+                if is_dataset_source(value) else value for value in X]
+    return open_input(X, cache_mib << 20, parameter=names("X")) if is_dataset_source(X) else X
+
+
+def _check_dataset_series(names: Sequence[str], arrays: Sequence[Any], parameter: str) -> None:
+    """Refuse dataset inputs whose series ids differ in range (series are matched by position in id order)."""
+    datasets = [(name, array.plan) for name, array in zip(names, arrays) if is_dataset(array)]
+    for (first_name, first), (name, plan) in zip(datasets, datasets[1:]):
+        ends, other = (first.files[0].min_id, first.files[-1].max_id), (plan.files[0].min_id, plan.files[-1].max_id)
+        if ends != other:
+            raise InvalidParameterError(
+                f"{parameter} {name}", f"must hold the series of input {first_name!r} (ids {ends[0]!r}..{ends[1]!r})",
+                f"ids {other[0]!r}..{other[1]!r}")
+
+
 def check_options(options: Options, names: Names = API_NAMES) -> tuple[int, float, int | None]:
     """Check the options that need neither the model nor the data: (n_repeats, confidence, max_repeats).
 
@@ -555,6 +615,7 @@ def check_options(options: Options, names: Names = API_NAMES) -> tuple[int, floa
     Ray, so that most bad input is refused before anything starts.
     """
     o, n = options, names
+    validation.positive_int(n("shard_cache_mib"), o.shard_cache_mib)
     n_repeats = validation.positive_int(n("n_repeats"), o.n_repeats)
     if n_repeats < 2:
         raise InvalidParameterError(n("n_repeats"), "must be at least 2 for a confidence interval", n_repeats)
@@ -579,17 +640,23 @@ def check_options(options: Options, names: Names = API_NAMES) -> tuple[int, floa
     return n_repeats, confidence, max_repeats
 
 
-def prepare(model, X, y=None, options: Options = Options(), names: Names = API_NAMES) -> Request:
+def prepare(model, X, y=None, options: Options = Options(), names: Names = API_NAMES,
+            statistics: Statistics | None = None) -> Request:
     """Validate ``options`` against ``model`` and data ``X`` (and labels ``y``); no model runs.
 
     Raises InvalidParameterError naming the option, the rule and the value;
     ``names`` says how to name parameters (the jobs pass their options'
-    flags, and which of their inputs hold ``X`` and ``y``).
+    flags, and which of their inputs hold ``X`` and ``y``). ``X`` (or an
+    input's entry) may name a partitioned Parquet dataset (see
+    :mod:`rnnimp.dataset`): only its metadata is read here, and the
+    per-feature statistics a perturbation needs come from ``statistics``
+    (default: read here shard by shard; the jobs compute them on the workers).
     """
     o, n = options, names
     n_repeats, confidence, max_repeats = check_options(o, n)
+    X = open_datasets(X, o.shard_cache_mib, n)
     if len(model.inputs) == 1 and len(model.inputs[0].shape) == 3 and not isinstance(X, (dict, list, tuple)):
-        sample = validation.series_array(n("X"), X)
+        sample = X if is_dataset(X) else validation.series_array(n("X"), X)
         _check_model_fits(model, sample, n("X"))
         input_names, arrays = model_input_names(model), [sample]
         feature_names = resolve_feature_names(o.feature_names, sample.shape[2], n("feature_names"))
@@ -597,12 +664,11 @@ def prepare(model, X, y=None, options: Options = Options(), names: Names = API_N
         input_names, arrays = input_arrays(model, X, n("X"))
         sample = arrays[0] if len(arrays) == 1 else tuple(arrays)
         feature_names = input_feature_names(input_names, arrays, o.feature_names, n("feature_names"))
+    _check_dataset_series(input_names, arrays, n("X"))
     mask_values = resolve_mask_values(o.mask_value, model, input_names, arrays, n("mask_value"))
     inputs = layout_of(input_names, arrays, mask_values, o.padding)
     n_samples, time_steps, n_features = len(arrays[0]), inputs.max_time_steps, inputs.n_features
     targets = resolve_targets(feature_names, o.groups, n("groups"))
-    perturb = resolve_perturbation(o.perturbation, arrays, o.noise_scale, o.noise_relative, o.ablate_value, n,
-                                   mask_values)
     metrics_asked = metric_names(o.metric)
     if not metrics_asked or len(set(metrics_asked)) != len(metrics_asked):
         raise InvalidParameterError(n("metric"), f"must be one or more distinct metrics of {', '.join(METRICS)}",
@@ -627,6 +693,8 @@ def prepare(model, X, y=None, options: Options = Options(), names: Names = API_N
                             len(segment_labels) if segment_labels else 1,
                             None if donor_strata is None else tuple(donor_strata))
     layout = Layout.for_sample(n_samples, o.batch_size, o.shard_size, n)
+    perturb = resolve_perturbation(o.perturbation, arrays, o.noise_scale, o.noise_relative, o.ablate_value, n,
+                                   mask_values, lambda: input_moments(arrays, mask_values, layout.shards, statistics))
     steps = [_target_steps(inputs, target, o.per_step, n("groups")) for target in targets]
     resolved = dataclasses.replace(
         o, n_repeats=n_repeats, confidence=confidence, max_repeats=max_repeats, feature_names=feature_names,

@@ -62,13 +62,21 @@ def library_versions() -> dict[str, str]:
 
 
 def data_fingerprint(sample, labels: np.ndarray | None) -> str:
-    """SHA-256 of the sample's shape and bytes, one array or one per model input (and the labels')."""
+    """SHA-256 of the sample's shape and bytes, one array or one per model input (and the labels').
+
+    A dataset input contributes its plan's fingerprint instead of its bytes
+    (files, sizes, modification times, row counts, schema: see
+    :func:`rnnimp.dataset.plan_fingerprint`), so the driver never reads the rows.
+    """
     arrays = list(sample) if isinstance(sample, (tuple, list)) else [sample]
     digest = hashlib.sha256(str(arrays[0].shape).encode())
     for index, array in enumerate(arrays):
         if index:
             digest.update(str(array.shape).encode())
-        digest.update(memoryview(array).cast("B"))
+        if getattr(array, "is_dataset", False):
+            digest.update(b"dataset " + array.fingerprint.encode())
+        else:
+            digest.update(memoryview(array).cast("B"))
     if labels is not None:
         digest.update(memoryview(np.ascontiguousarray(labels)).cast("B"))
     return digest.hexdigest()

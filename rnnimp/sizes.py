@@ -48,9 +48,14 @@ class RunSizes:
     activations_per_series: int  # float32 values the forward pass of one series holds
     has_labels: bool = False
     permute: bool = False
+    sample_in_store: bool = True  # False: dataset input, read by the workers (only its plan is in the store)
+    cache_bytes: int = 0  # dataset input: each worker's shard cache budget
 
     @property
     def sample_bytes(self) -> int:
+        """Bytes of the sample in the object store (0 for dataset input: the workers read their shards)."""
+        if not self.sample_in_store:
+            return 0
         return self.n_series * self.time_steps * self.n_features * FLOAT32
 
     @property
@@ -95,6 +100,7 @@ def worker_bytes(sizes: RunSizes) -> int:
         + 3 * batch * sizes.n_outputs * FLOAT64  # perturbed predictions and terms as float64
         + 2 * shard * sizes.n_outputs * FLOAT32  # a shard's predictions, in pieces then joined
         + (sizes.n_series * FLOAT64 if sizes.permute else 0)
+        + sizes.cache_bytes
     )
     return WORKER_BASE_BYTES + working
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import resource
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +41,7 @@ class EvaluationJob:
     array), ``labels`` (series, outputs) or None."""
 
     model: ModelSpec
-    sample: np.ndarray | tuple[np.ndarray, ...]
+    sample: np.ndarray | tuple[np.ndarray, ...]  # an entry may be a rnnimp.dataset.DatasetInput
     labels: np.ndarray | None
     settings: Settings
 
@@ -116,8 +117,47 @@ def evaluator_for(model: ModelSpec, settings: Settings, sample) -> ShardEvaluato
     return cached.evaluator
 
 
+_READERS: "OrderedDict[tuple[str, int], object]" = OrderedDict()  # (dataset fingerprint, budget) -> ShardReader
+_KEPT_READERS = 4
+
+
+def shard_reader(dataset_input):
+    """This process's :class:`~rnnimp.dataset.ShardReader` of a dataset input, kept across units, waves and
+    jobs on the same data (the last few datasets' readers are kept; each within its byte budget)."""
+    from .dataset import ShardReader
+
+    key = (dataset_input.fingerprint, dataset_input.budget_bytes)
+    if key not in _READERS:
+        _READERS[key] = ShardReader(dataset_input.plan, dataset_input.budget_bytes)
+        while len(_READERS) > _KEPT_READERS:
+            _READERS.popitem(last=False)
+    _READERS.move_to_end(key)
+    return _READERS[key]
+
+
+def materialize(sample, settings: Settings):
+    """``sample`` with each dataset input replaced by a :class:`~rnnimp.dataset.SampleView` over this
+    process's cached reader (arrays are returned as they are)."""
+    inputs = as_inputs(sample)
+    if not any(getattr(array, "is_dataset", False) for array in inputs):
+        return sample
+    from .dataset import SampleView
+
+    views = [SampleView(shard_reader(array), settings.layout.shards) if getattr(array, "is_dataset", False)
+             else array for array in inputs]
+    return tuple(views) if isinstance(sample, (tuple, list)) else views[0]
+
+
+def cache_stats() -> dict:
+    """Shard cache use of this process: hits, misses, evictions and cached bytes over its readers."""
+    readers = list(_READERS.values())
+    return {"hits": sum(r.hits for r in readers), "misses": sum(r.misses for r in readers),
+            "evictions": sum(r.evictions for r in readers), "cached_bytes": sum(r.cached_bytes for r in readers)}
+
+
 def predict_shard(model: ModelSpec, sample, settings: Settings, shard: Shard) -> np.ndarray:
     """Unperturbed predictions of one shard: float32 (shard rows, outputs); NaN at masked outputs."""
+    sample = materialize(sample, settings)
     return evaluator_for(model, settings, sample).predict(sample, shard)
 
 
@@ -128,6 +168,7 @@ def unit_sums(model: ModelSpec, sample, baseline: np.ndarray, labels: np.ndarray
 
     ``baseline``: the unperturbed predictions of the unit's shard (shard rows, outputs).
     """
+    sample = materialize(sample, settings)
     evaluator = evaluator_for(model, settings, sample)
     return evaluator.unit_sums(sample, baseline, labels, unit, settings.perturbation, settings.metric,
                                measures=settings.measures)

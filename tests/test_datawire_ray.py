@@ -1,0 +1,145 @@
+"""Dataset input on Ray and S3: the job from an S3 dataset with --out on S3, resume, worker counts, a lost worker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from jobtools import run_job
+from rnnimp.api import sensitivity_importance
+from rnnimp.dataset import write_dataset
+from s3server import BUCKET, s3  # noqa: F401  (the session fixture)
+from test_checkpoint import Crash, CrashingExecutor
+from test_datawire import N_SERIES, N_TIME, N_FEATURES, small_lstm
+
+OPTIONS = dict(n_repeats=3, batch_size=16, shard_size=32, random_state=7)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    rng = np.random.default_rng(12)
+    return (rng.normal(size=(N_SERIES, N_TIME, N_FEATURES)) * [2.0, 1.0, 0.5]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_lstm()
+
+
+@pytest.fixture(scope="module")
+def local_dataset(sample, tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("dwr") / "data")
+    write_dataset(sample, folder, series_per_file=40, rows_per_group=60, shuffle_seed=4)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def s3_dataset(sample, s3):
+    uri = s3.uri(f"{BUCKET}/datawire/data")
+    write_dataset(sample, uri, series_per_file=40, rows_per_group=60, shuffle_seed=4)
+    return uri
+
+
+@pytest.fixture
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+             logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def test_checkpoint_on_s3_resumes_a_dataset_run(model, sample, s3_dataset, s3):
+    out = s3.uri(f"{BUCKET}/datawire/resume")
+    options = dict(OPTIONS, perturbation="ablate")
+    reference = sensitivity_importance(model, sample, **options)
+    with pytest.raises(Crash):
+        sensitivity_importance(model, s3_dataset, executor=CrashingExecutor(after=7), checkpoint=out, **options)
+    resumed_executor = CrashingExecutor()
+    resumed = sensitivity_importance(model, s3_dataset, executor=resumed_executor, checkpoint=out, **options)
+    assert resumed.metadata["units_from_checkpoint"] == 7
+    assert resumed_executor.computed == resumed.metadata["n_units"] - 7
+    np.testing.assert_array_equal(resumed.effects, reference.effects)
+
+
+def test_one_and_two_workers_and_a_lost_worker_give_the_in_memory_effects(model, sample, local_dataset,
+                                                                          ray_cluster):
+    from rnnimp.distributed import RayExecutor
+
+    options = dict(OPTIONS, perturbation="noise", noise_relative=0.5, per_step=True)
+    expected = sensitivity_importance(model, sample, **options).effects
+    for workers in (1, 2):
+        executor = RayExecutor(num_workers=workers)
+        try:
+            result = sensitivity_importance(model, local_dataset, executor=executor, **options)
+            stats = executor.worker_stats()
+        finally:
+            executor.shutdown()
+        np.testing.assert_array_equal(result.effects, expected)
+        cache = [s["shard_cache"] for s in stats]
+        # each worker reads a shard at most once (the budget holds the dataset) and then hits its cache
+        assert sum(c["misses"] for c in cache) <= workers * 5 and sum(c["hits"] for c in cache) > 0
+
+    executor = _KillingExecutor(num_workers=2)  # a worker lost between the baseline and the units
+    try:
+        result = sensitivity_importance(model, local_dataset, executor=executor, **options)
+        assert executor.pool.replaced == 1
+        assert all(s["shard_cache"]["misses"] > 0 for s in executor.worker_stats())  # the replacement read too
+    finally:
+        executor.shutdown()
+    np.testing.assert_array_equal(result.effects, expected)
+
+
+def _killing_executor_class():
+    from rnnimp.distributed import RayExecutor
+
+    class KillingExecutor(RayExecutor):
+        def baseline(self, job):
+            import ray
+
+            done = super().baseline(job)
+            ray.kill(self.pool.live[0], no_restart=True)
+            return done
+
+    return KillingExecutor
+
+
+def _KillingExecutor(**kwargs):
+    return _killing_executor_class()(**kwargs)
+
+
+def test_job_reads_an_s3_dataset_and_writes_out_to_s3(model, sample, s3_dataset, s3, tmp_path):
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "data.npy", sample)
+    common = ["--model", str(tmp_path / "model.keras"), "--repeats", "3", "--eval-batch-size", "16",
+              "--shard-size", "32", "--seed", "7", "--perturbation", "noise", "--noise-relative", "0.4",
+              "--group", "g=x1,x2", "--num-cpus", "2", "--quiet"]
+    out = s3.uri(f"{BUCKET}/datawire/job")
+    done = run_job("jobs.importance", *common, "--data", s3_dataset, "--out", out, "--shard-cache-mib", "1")
+    assert done.returncode == 0, done.stderr
+    local = tmp_path / "in-memory"
+    done = run_job("jobs.importance", *common, "--data", str(tmp_path / "data.npy"), "--out", str(local),
+                   "--feature-names", "x0,x1,x2")
+    assert done.returncode == 0, done.stderr
+    filesystem, folder = s3.filesystem(), f"{BUCKET}/datawire/job"
+    from_s3 = pq.read_table(f"{folder}/effects.parquet", filesystem=filesystem).to_pandas()
+    in_memory = pq.read_table(local / "effects.parquet").to_pandas()
+    np.testing.assert_array_equal(from_s3["effect"].to_numpy(), in_memory["effect"].to_numpy())
+    assert sorted(from_s3["feature"].unique()) == ["g", "x0", "x1", "x2"]
+
+
+def test_benchmark_dataset_writes_the_dataset_and_compares_with_the_in_memory_run(tmp_path):
+    import json
+
+    folder = tmp_path / "bench-ds"
+    done = run_job("jobs.benchmark", "--dataset", str(folder), "--samples", "3000", "--repeats", "2",
+                   "--num-cpus", "2", "--epochs", "1", "--eval-batch-size", "512", "--shard-size", "1024",
+                   "--dataset-series-per-file", "700")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["dataset_files"] == 5 and figures["identical_effects"] is True
+    assert figures["cache_misses"] <= 2 * 3 and figures["cache_hits"] > 0  # each worker reads a shard once
+    assert figures["dataset_steps_per_s"] > 0 and figures["worker_peak_rss_bytes"] > 0
+    assert sorted(p.name for p in folder.iterdir()) == ["chunk-00000"]
