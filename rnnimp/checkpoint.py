@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import re
 import time
 import uuid
@@ -41,6 +43,7 @@ from .method import Unit
 
 FOLDER = ".rnnimp-checkpoint"
 DEFAULT_FLUSH_INTERVAL_S = 5.0
+FLUSH_INTERVAL_ENV = "RNNIMP_CHECKPOINT_INTERVAL_S"  # overrides the default: seconds of work a kill may lose
 _UNIT_FILE = re.compile(r"/t(\d+)-s(-?\d+)-r(\d+)-h(\d+)\.npy$")  # previous layout: one file per unit
 _BATCH_FILE = re.compile(r"/batch-[0-9a-f]{32}\.npz$")
 _OBJECT_STORES = frozenset({"s3", "gcs"})  # pyarrow FileSystem.type_name of stores whose single PUT is atomic
@@ -99,18 +102,30 @@ def put_atomically(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
         output._atomic(filesystem, path, write)
 
 
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 class Checkpoint:
     """The checkpoint folder of one output location.
 
     ``flush_interval_s``: the longest time finished units stay buffered in
-    memory (0: every unit is written at once, as one object). ``clock``: the
-    time source in seconds (tests inject a fake one).
+    memory (0: every unit is written at once, as one object); default: the
+    environment variable ``RNNIMP_CHECKPOINT_INTERVAL_S``, else 5 s.
+    ``clock``: the time source in seconds (tests inject a fake one).
     """
 
-    def __init__(self, out: str, manifest: dict[str, Any], *, flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+    def __init__(self, out: str, manifest: dict[str, Any], *, flush_interval_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if not flush_interval_s >= 0:
-            raise InvalidParameterError("flush_interval_s", "must be a number >= 0", flush_interval_s)
+        parameter = "flush_interval_s"
+        if flush_interval_s is None:
+            parameter, flush_interval_s = FLUSH_INTERVAL_ENV, os.environ.get(FLUSH_INTERVAL_ENV, DEFAULT_FLUSH_INTERVAL_S)
+        if not _float_or_nan(flush_interval_s) >= 0:
+            raise InvalidParameterError(parameter, "must be a number >= 0", flush_interval_s)
+        flush_interval_s = float(flush_interval_s)
         self.filesystem, folder = output.resolve(out)
         self.folder = f"{folder}/{FOLDER}"
         self.manifest = json.loads(json.dumps(manifest))  # plain JSON types, as read back
@@ -123,6 +138,10 @@ class Checkpoint:
 
     def exists(self) -> bool:
         return self.filesystem.get_file_info(f"{self.folder}/manifest.json").type != pafs.FileType.NotFound
+
+    def finished(self) -> dict[UnitId, np.ndarray]:
+        """The sums of the units written so far, whatever run wrote them (for monitoring)."""
+        return self._read_units() if self.exists() else {}
 
     def open(self) -> dict[UnitId, np.ndarray]:
         """Start or continue: return the sums of the units already finished.

@@ -11,6 +11,7 @@ import pytest
 
 from jobtools import REPO, call_job
 from raycluster import processes_mentioning
+from rnnimp.checkpoint import Checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -85,20 +86,24 @@ def test_killed_driver_resumes_with_identical_results(tmp_path, reference_model_
     temp_root = tempfile_dir()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = temp_root  # the embedded Ray's processes are found (and stopped) by this path
+    env["RNNIMP_CHECKPOINT_INTERVAL_S"] = "0.2"  # finished units reach the checkpoint every 0.2 s
     args = ["--model", str(reference_model_file), "--samples", "8192", "--repeats", "8",
             "--eval-batch-size", "256", "--shard-size", "512", "--num-cpus", "2", "--quiet"]
     out = tmp_path / "run"
-    units = out / ".rnnimp-checkpoint" / "units"
+
+    def finished() -> int:
+        return len(Checkpoint(str(out), {}).finished())
+
     try:
         driver = subprocess.Popen([sys.executable, "-m", "jobs.seed_importance", "--out", str(out), *args],
                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 300
-        while (not units.exists() or len(list(units.glob("*.npy"))) < 60) and time.monotonic() < deadline:
+        while finished() < 60 and time.monotonic() < deadline:
             assert driver.poll() is None, driver.communicate()
             time.sleep(0.1)
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-        checkpointed = len(list(units.glob("*.npy")))
+        checkpointed = finished()
         assert checkpointed >= 60 and not (out / "summary.parquet").exists()
         stop_processes(temp_root)
 

@@ -2,6 +2,7 @@
 ``ray job stop`` and submitted again resumes from its checkpoint and finishes with the effects of an
 undisturbed run."""
 
+import json
 import subprocess
 import time
 
@@ -9,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobtools import REPO, call_job
+from rnnimp.checkpoint import Checkpoint
 from raycluster import BIN, LocalHead, processes_mentioning
 
 pytestmark = pytest.mark.slow
@@ -23,7 +25,10 @@ def ray_cli(head, *args, timeout=600):
 
 
 def submit(head, submission_id, out, args, wait=True):
+    # finished units reach the checkpoint every 0.2 s, so the job is stopped with part of them kept
+    runtime_env = json.dumps({"env_vars": {"RNNIMP_CHECKPOINT_INTERVAL_S": "0.2"}})
     return ray_cli(head, "job", "submit", "--address", head.dashboard_url, "--working-dir", str(REPO),
+                   "--runtime-env-json", runtime_env,
                    "--submission-id", submission_id, *([] if wait else ["--no-wait"]),
                    "--", "python", "-m", "jobs.seed_importance", "--out", str(out), *args)
 
@@ -31,19 +36,21 @@ def submit(head, submission_id, out, args, wait=True):
 def test_submitted_job_stopped_mid_run_resumes_when_submitted_again(tmp_path, reference_model_file):
     args = [*ARGS, "--model", str(reference_model_file)]
     out = tmp_path / "run"
-    units = out / ".rnnimp-checkpoint" / "units"
+
+    def checkpointed() -> int:
+        return len(Checkpoint(str(out), {}).finished())
+
     with LocalHead(num_cpus=2) as head:
         started = submit(head, "rnnimp-first", out, args, wait=False)
         assert started.returncode == 0, started.stderr
         deadline = time.monotonic() + 300
-        while (not units.exists() or len(list(units.glob("*.npy"))) < 60) and time.monotonic() < deadline:
+        while checkpointed() < 60 and time.monotonic() < deadline:
             time.sleep(0.2)
         stopped = ray_cli(head, "job", "stop", "--address", head.dashboard_url, "rnnimp-first")
         assert stopped.returncode == 0, stopped.stderr
         status = ray_cli(head, "job", "status", "--address", head.dashboard_url, "rnnimp-first").stdout
         assert "stopped" in status.lower()
-        checkpointed = len(list(units.glob("*.npy")))
-        assert 60 <= checkpointed < UNITS and not (out / "summary.parquet").exists()
+        assert 60 <= checkpointed() < UNITS and not (out / "summary.parquet").exists()
 
         again = submit(head, "rnnimp-again", out, args)
         temp_dir = head.temp_dir
