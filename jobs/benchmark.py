@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_per_step:  # on the same workers, warmed up for its batch size: the units phase is the target
         per_step_sample = reference.evaluation_sample(args.seed, args.per_step_series)
         per_step_batch = Layout.for_sample(args.per_step_series, args.eval_batch_size, args.shard_size).batch_size
-        executor.warm_up(architecture(model), per_step_batch, reference.TIME_STEPS, reference.N_FEATURES)
+        executor.warm_up(architecture(model), per_step_batch, ((reference.TIME_STEPS, reference.N_FEATURES),))
         per_step = sensitivity_importance(model, per_step_sample, n_repeats=args.per_step_repeats,
                                           random_state=args.seed, executor=executor, per_step=True,
                                           batch_size=args.eval_batch_size, shard_size=args.shard_size)
