@@ -233,14 +233,7 @@ def _input_array(parameter: str, name: str, value: Any, declared: tuple[int | No
             array.ndim, f"an array of {array.ndim} dimensions")
         raise InvalidParameterError(where, f"input {name!r} is {kind} and needs {layout}",
                                     f"{got} of shape {array.shape}")
-    if 0 in array.shape:
-        raise InvalidParameterError(where, "must not be empty", array.shape)
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise InvalidParameterError(where, "must hold real numbers", str(array.dtype))
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise InvalidParameterError(where, "must hold only finite values",
-                                    f"{int(np.count_nonzero(~np.isfinite(array)))} NaN or infinite values")
+    array = validation.finite_float32(where, array)
     if any(d is not None and d != a for d, a in zip(declared, array.shape[1:])):
         shown = ", ".join("None" if d is None else str(d) for d in declared)
         raise InvalidParameterError(where, f"must match the model's input {name!r} shape (series, {shown})",

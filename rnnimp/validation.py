@@ -92,6 +92,11 @@ def series_array(parameter: str, value: Any) -> np.ndarray:
         raise InvalidParameterError(
             parameter, "must have 3 dimensions (series, time, features)", array.shape
         )
+    return finite_float32(parameter, array)
+
+
+def finite_float32(parameter: str, array: np.ndarray) -> np.ndarray:
+    """``array`` as C-contiguous float32, refused if empty, not real numbers, or holding NaN or infinities."""
     if 0 in array.shape:
         raise InvalidParameterError(parameter, "must not be empty", array.shape)
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
@@ -99,7 +104,5 @@ def series_array(parameter: str, value: Any) -> np.ndarray:
     array = np.ascontiguousarray(array, dtype=np.float32)
     if not np.isfinite(array).all():
         bad = int(np.count_nonzero(~np.isfinite(array)))
-        raise InvalidParameterError(
-            parameter, "must hold only finite values", f"{bad} NaN or infinite values"
-        )
+        raise InvalidParameterError(parameter, "must hold only finite values", f"{bad} NaN or infinite values")
     return array
