@@ -275,7 +275,7 @@ def check_sizes(sample, labels, settings, architecture_json: str) -> None:
     _CHECKED.add(key)
 
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=0)  # the jobs' worker actors already hold every CPU: a task asking for one would wait forever
 def _shard_moments(inputs, mask_values, shards) -> list:
     """Per dataset input, the moments of ``shards`` (read here, one at a time)."""
     from .dataset import combine, shard_moments
@@ -287,8 +287,9 @@ def _shard_moments(inputs, mask_values, shards) -> list:
 def dataset_moments(inputs, mask_values, shards) -> list:
     """Per dataset input, its exact :class:`~rnnimp.dataset.Moments`, from one distributed pass.
 
-    One Ray task per group of consecutive shards (about four groups per CPU)
-    reads its shards and returns their per-feature integer sums; the driver
+    One Ray task per group of consecutive shards (one group per CPU; the
+    tasks reserve no CPU, since the jobs start their worker actors, which
+    hold every CPU, before they prepare the run) reads its shards and returns their per-feature integer sums; the driver
     adds them up, exactly, so the result equals the in-memory statistics bit
     for bit. The driver holds only the small sums. Connects to Ray if needed.
     """
@@ -297,7 +298,7 @@ def dataset_moments(inputs, mask_values, shards) -> list:
     if not ray.is_initialized():
         connect()
     shards = list(shards)
-    n_groups = max(1, min(len(shards), 4 * int(ray.cluster_resources().get("CPU", 1))))
+    n_groups = max(1, min(len(shards), int(ray.cluster_resources().get("CPU", 1))))
     groups = [list(group) for group in np.array_split(np.arange(len(shards)), n_groups) if len(group)]
     inputs_ref = ray.put(list(inputs))
     refs = [_shard_moments.options(runtime_env={"env_vars": worker_env()}).remote(
