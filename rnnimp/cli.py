@@ -205,7 +205,8 @@ def start_workers(execution: options.Execution) -> Workers:
     where = distributed.connect(execution.num_cpus, execution.connect_timeout)
     try:
         distributed.check_gpus(execution.gpus_per_worker, "--gpus-per-worker")
-        executor = distributed.RayExecutor(gpus_per_worker=execution.gpus_per_worker, driver_lane=True).start()
+        executor = distributed.RayExecutor(gpus_per_worker=execution.gpus_per_worker,
+                                           driver_lane=not execution.workers_only).start()
     except BaseException:
         distributed.shutdown()
         raise

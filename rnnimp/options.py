@@ -346,6 +346,10 @@ class Execution:
         None, flag="--gpus-per-worker", type=float,
         help="GPUs each Ray worker requests: a fraction in (0, 1] shares a GPU between workers, or a whole "
              "number (default: none, CPU workers)")
+    workers_only: bool = _option(
+        False, flag="--workers-only",
+        help="only the Ray workers evaluate; by default the driver also computes units until the workers "
+             "have started and compiled (the driver lane)")
     connect_timeout: float = _option(
         30.0, flag="--connect-timeout", type=float,
         help="seconds to wait for the cluster in RAY_ADDRESS before giving up (default: %(default)s)")

@@ -32,10 +32,10 @@ from raycluster import LocalCluster
 pytestmark = pytest.mark.slow
 
 # Jobs load the session's trained model (--model PATH) rather than train their own.
-SMALL = ["--repeats", "3", "--samples", "64"]
+SMALL = ["--repeats", "3", "--samples", "64", "--workers-only"]  # the cluster's workers do every unit
 # About 1200 units of work (3 features x 10 repeats x 40 shards); two one-CPU actors take 20-30 s on a
 # busy 2-core machine, long enough to lose a node in the middle of it.
-LONG = ["--repeats", "10", "--samples", "40000", "--eval-batch-size", "512", "--shard-size", "1024"]
+LONG = ["--repeats", "10", "--samples", "40000", "--eval-batch-size", "512", "--shard-size", "1024", "--workers-only"]
 # The GCS declares a silent node dead after 3 missed health checks 1 s apart (default: 5 x 3 s).
 FAST_NODE_FAILURE_DETECTION = {
     "RAY_health_check_initial_delay_ms": "1000",

@@ -15,9 +15,9 @@ from raycluster import BIN, LocalHead, processes_mentioning
 
 pytestmark = pytest.mark.slow
 
-# 3 features x 8 repeats x 16 shards = 384 units, on the session's trained model (no training in the job).
-ARGS = ["--samples", "8192", "--repeats", "8", "--eval-batch-size", "256", "--shard-size", "512", "--quiet"]
-UNITS = 3 * 8 * 16
+# 3 features x 24 repeats x 16 shards = 1152 units (long enough to stop mid-run), on the session's trained model (no training in the job).
+ARGS = ["--samples", "8192", "--repeats", "24", "--eval-batch-size", "256", "--shard-size", "512", "--quiet"]
+UNITS = 3 * 24 * 16
 
 
 def ray_cli(head, *args, timeout=600):
