@@ -49,6 +49,9 @@ class Executor(Protocol):
     def shutdown(self) -> None:
         """Release what the executor holds (its workers)."""
 
+    def describe(self) -> dict[str, Any] | None:
+        """Where the units ran, for the metadata's ``workers`` entry (None: nothing to record)."""
+
 
 def library_versions() -> dict[str, str]:
     """Installed versions of rnnimp and the libraries its numbers depend on."""
@@ -194,8 +197,9 @@ def _run(model, request: Request, runner: Executor, progress: bool, checkpoint: 
         "versions": library_versions(),
         "timings_s": {"evaluate": evaluate_s, **runner.timings},
     }
-    if hasattr(runner, "describe"):  # where the workers ran (RayExecutor: count, GPU share, devices)
-        run_metadata["workers"] = runner.describe()
+    workers = runner.describe()  # where the units ran (RayExecutor: count, GPU share, devices)
+    if workers is not None:
+        run_metadata["workers"] = workers
     results = []
     for column, panel in enumerate(panels):
         effects = _effects_matrix(sums, cells, o.first_repeat, done_repeats, panel.metric, column)

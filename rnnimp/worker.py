@@ -201,3 +201,7 @@ class LocalExecutor:
 
     def shutdown(self) -> None:
         """Nothing to release: the compiled evaluators stay cached in this process."""
+
+    def describe(self) -> None:
+        """Nothing to record: every unit ran in this process (the metadata's ``executor`` says so)."""
+        return None
