@@ -125,7 +125,8 @@ def run(args) -> int:
         worker_peak_rss_bytes=max(s["peak_rss_bytes"] for s in stats),
         cache_hits=sum(s["shard_cache"]["hits"] for s in stats),
         cache_misses=sum(s["shard_cache"]["misses"] for s in stats),
-        cache_evictions=sum(s["shard_cache"]["evictions"] for s in stats))
+        cache_evictions=sum(s["shard_cache"]["evictions"] for s in stats),
+        shard_read_s=sum(s["shard_cache"]["read_s"] for s in stats))
     if not args.skip_in_memory:
         sample = in_memory_sample(args.seed, args.samples)
         in_memory, rate, stats = timed_run(sample)
@@ -143,7 +144,7 @@ def format_figures(f: dict) -> str:
              f"dataset {f['dataset']} ({f['dataset_files']} files, {f['dataset_bytes'] / GIB:.2f} GiB as float32)",
              f"from the dataset: {f['dataset_steps_per_s'] / 1e6:.2f} Msteps/s (baseline + units); shard cache "
              f"{f['shard_cache_mib']} MiB per worker: {f['cache_misses']} reads, {f['cache_hits']} hits, "
-             f"{f['cache_evictions']} evictions"]
+             f"{f['cache_evictions']} evictions, {f['shard_read_s']:.1f} s reading (all workers)"]
     if "in_memory_steps_per_s" in f:
         lines.append(f"in memory: {f['in_memory_steps_per_s'] / 1e6:.2f} Msteps/s; dataset / in-memory "
                      f"{f['ratio']:.2f} (target >= 0.8); effects identical: {f['identical_effects']}")

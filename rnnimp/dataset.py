@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -52,7 +53,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import validation
-from .data import ID_KINDS, TIME_KINDS, _long_to_array, _sorted_codes
+from .data import ID_KINDS, TIME_KINDS, _finite_column, _long_to_array, _sorted_codes
 from .errors import InvalidParameterError
 from .method import Shard
 from .output import resolve
@@ -326,6 +327,9 @@ def read_shard(plan: DatasetPlan, shard: Shard) -> np.ndarray:
     """
     table = pa.concat_tables([read_piece(plan, piece) for piece in plan.pieces(shard)])
     table = table.select([plan.series_column, plan.time_column, *plan.feature_names])
+    array = _in_order_array(plan, table, shard.stop - shard.start)
+    if array is not None:
+        return array
     array, _ = _long_to_array(plan.parameter, table, plan.series_column, plan.time_column)
     times, _ = _sorted_codes(plan.parameter, table[plan.time_column], plan.time_column, TIME_KINDS)
     if tuple(times.to_pylist()) != plan.times:
@@ -338,12 +342,60 @@ def read_shard(plan: DatasetPlan, shard: Shard) -> np.ndarray:
     return array
 
 
+def _in_order_array(plan: DatasetPlan, table: pa.Table, n_series: int) -> np.ndarray | None:
+    """``table``'s values as float32 (n_series, time, features) when its rows are already in order, else None.
+
+    In order: integer ids, each on ``plan.n_time`` consecutive rows, increasing
+    from one series to the next; within a series the time values are exactly
+    (bit for bit) ``plan.times`` in order. Then the general conversion
+    (:func:`rnnimp.data._long_to_array`, which sorts by id and time) would
+    put every row where it already is, so the values are reshaped as they
+    are, with no sort. Files written sorted by (id, time), as
+    :func:`write_dataset` and most exports write them, take this path; any
+    other table (shuffled rows, string or temporal ids and times, nulls, a
+    missing or repeated step) returns None and the general path reads it
+    (and refuses it, naming what is wrong). Non-finite values are refused
+    here as there.
+    """
+    n_time = plan.n_time
+    ids, times = table[plan.series_column], table[plan.time_column]
+    if (table.num_rows != n_series * n_time or ids.null_count or times.null_count
+            or not pa.types.is_integer(ids.type)
+            or not (pa.types.is_integer(times.type) or pa.types.is_floating(times.type))):
+        return None
+    time_values = times.to_numpy().reshape(n_series, n_time)
+    expected = np.array(plan.times, dtype=time_values.dtype)
+    unsigned = np.dtype(f"u{time_values.dtype.itemsize}")  # compare bits: -0.0 is not 0.0, NaN is no time
+    if not np.array_equal(time_values.view(unsigned), np.broadcast_to(expected.view(unsigned), time_values.shape)):
+        return None
+    id_values = ids.to_numpy().reshape(n_series, n_time)
+    if not ((id_values == id_values[:, :1]).all() and (id_values[1:, 0] > id_values[:-1, 0]).all()):
+        return None
+    values = np.empty((table.num_rows, plan.n_features), dtype=np.float32)
+    for j, name in enumerate(plan.feature_names):
+        values[:, j] = _finite_column(plan.parameter, table[name], name)
+    return values.reshape(n_series, n_time, plan.n_features)
+
+
 @dataclass
 class ShardReader:
-    """Reads shards of one dataset, keeping the most recently used ones within ``budget_bytes``.
+    """Reads shards of one dataset, keeping those it read within ``budget_bytes``.
 
-    A shard larger than the budget is read and returned, not kept. ``hits``,
-    ``misses`` and ``evictions`` count cache use.
+    A shard larger than the budget is read and returned, not kept. When a
+    new shard does not fit, the most recently used shards make room (not
+    the least recently used): a run meets its shards in sweeps, shard 0 to
+    the last, again for every target and repeat (and a permuting unit
+    sweeps them for its donors), and under least-recently-used eviction a
+    sweep longer than the budget evicts every shard just before it is
+    needed again, so nothing is ever a hit. Evicting the most recent keeps
+    the first shards of a sweep for the next ones and turns over only the
+    last places: a budget holding k of n shards gives about (k-1)/n hits
+    per sweep. Units that repeat a shard back to back hit either way.
+    :meth:`use_layout` drops the shards of another shard size, which no
+    unit of the current layout can hit.
+
+    ``hits``, ``misses`` and ``evictions`` count cache use; ``read_s`` is
+    the time spent reading (seconds, all misses).
     """
 
     plan: DatasetPlan
@@ -351,11 +403,24 @@ class ShardReader:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
-    _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    read_s: float = 0.0
+    _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)  # (start, stop) -> array, used last at the end
+    _layout: tuple[int, int] | None = field(default=None, repr=False)  # the first shard of the layout in use
 
     @property
     def cached_bytes(self) -> int:
         return sum(array.nbytes for array in self._cache.values())
+
+    def use_layout(self, shards: Sequence[Shard]) -> None:
+        """Units of ``shards`` (a layout's shards) follow: drop cached shards that are not among them."""
+        first = (shards[0].start, shards[0].stop) if shards else None
+        if first == self._layout:
+            return
+        self._layout = first
+        wanted = {(shard.start, shard.stop) for shard in shards}
+        for key in [key for key in self._cache if key not in wanted]:
+            del self._cache[key]
+            self.evictions += 1
 
     def read(self, shard: Shard) -> np.ndarray:
         """The shard's series, float32 (series, time, features); read only if not cached. Read only."""
@@ -365,11 +430,13 @@ class ShardReader:
             self._cache.move_to_end(key)
             return self._cache[key]
         self.misses += 1
+        started = time.perf_counter()
         array = read_shard(self.plan, shard)
+        self.read_s += time.perf_counter() - started
         array.flags.writeable = False
         if array.nbytes <= self.budget_bytes:
             while self._cache and self.cached_bytes + array.nbytes > self.budget_bytes:
-                self._cache.popitem(last=False)
+                self._cache.popitem(last=True)  # the most recently used: see the class docstring
                 self.evictions += 1
             self._cache[key] = array
         return array
@@ -397,6 +464,7 @@ class SampleView:
 
     def __init__(self, reader: ShardReader, shards: Sequence[Shard]) -> None:
         self.reader, self.shards = reader, tuple(shards)
+        reader.use_layout(self.shards)
         self.shape = reader.plan.shape
         self.ndim, self.dtype = 3, np.dtype(np.float32)
 

@@ -149,10 +149,12 @@ def materialize(sample, settings: Settings):
 
 
 def cache_stats() -> dict:
-    """Shard cache use of this process: hits, misses, evictions and cached bytes over its readers."""
+    """Shard cache use of this process over its readers: hits, misses, evictions, cached bytes and the
+    seconds spent reading shards (``read_s``)."""
     readers = list(_READERS.values())
     return {"hits": sum(r.hits for r in readers), "misses": sum(r.misses for r in readers),
-            "evictions": sum(r.evictions for r in readers), "cached_bytes": sum(r.cached_bytes for r in readers)}
+            "evictions": sum(r.evictions for r in readers), "cached_bytes": sum(r.cached_bytes for r in readers),
+            "read_s": sum(r.read_s for r in readers)}
 
 
 def predict_shard(model: ModelSpec, sample, settings: Settings, shard: Shard) -> np.ndarray:

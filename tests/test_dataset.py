@@ -98,16 +98,48 @@ def test_cache_reads_each_shard_once_within_budget(dataset, sample):
     for _ in range(3):
         reader.read(shards[1])
     assert (reader.misses, reader.hits, reader.evictions) == (2, 4, 0)
-    reader.read(shards[2])  # over budget: the least recently used (shard 0) goes
+    reader.read(shards[2])  # over budget: the most recently used (shard 1) goes, shard 0 stays
     assert reader.evictions == 1 and reader.cached_bytes <= 2 * shard_bytes
-    reader.read(shards[1])
-    assert reader.hits == 5
     reader.read(shards[0])
+    assert reader.hits == 5
+    reader.read(shards[2])  # kept in shard 1's place
+    assert (reader.hits, reader.misses) == (6, 3)
+    reader.read(shards[1])
     assert reader.misses == 4
     np.testing.assert_array_equal(reader.read(shards[0]), sample[:32])
+    assert reader.read_s > 0
     small = ShardReader(plan, budget_bytes=shard_bytes - 1)  # nothing fits: read every time
     small.read(shards[0]), small.read(shards[0])
     assert (small.misses, small.hits, small.cached_bytes) == (2, 0, 0)
+
+
+def test_sweeps_longer_than_the_budget_still_hit(dataset):
+    """Units meet shards in sweeps (every target and repeat): least-recently-used eviction would hit nothing."""
+    plan = DatasetPlan.open(dataset)
+    shards = Layout.for_sample(N_SERIES, 23, 23).shards  # 10 shards
+    reader = ShardReader(plan, budget_bytes=4 * plan.shard_nbytes(shards[0]))  # holds 4
+    for _ in range(4):
+        for shard in shards:
+            reader.read(shard)
+    assert reader.hits >= 3 * 3  # from the second sweep on, at least 3 of the 4 kept shards are hits
+    assert reader.cached_bytes <= reader.budget_bytes
+
+
+def test_another_layout_drops_the_shards_of_the_previous_one(dataset):
+    from rnnimp.dataset import SampleView
+
+    plan = DatasetPlan.open(dataset)
+    old, new = Layout.for_sample(N_SERIES, 16, 32).shards, Layout.for_sample(N_SERIES, 16, 64).shards
+    reader = ShardReader(plan, budget_bytes=plan.nbytes)
+    view = SampleView(reader, old)
+    view[0:32], view[32:64]
+    assert len(reader._cache) == 2
+    SampleView(reader, old)  # the same layout: kept
+    assert (len(reader._cache), reader.evictions) == (2, 0)
+    view = SampleView(reader, new)
+    assert (len(reader._cache), reader.evictions) == (0, 2)
+    view[0:64]
+    assert (reader.misses, len(reader._cache)) == (3, 1)
 
 
 def exact_moments_by_fractions(array):
@@ -218,6 +250,50 @@ def test_series_order_is_by_id_not_by_file_name(sample, tmp_path):
     plan = DatasetPlan.open(str(folder))
     assert plan.files[0].path.endswith("part-99999.parquet")
     np.testing.assert_array_equal(read_shard(plan, Layout.for_sample(60, 20, 60).shards[0]), sample[:60])
+
+
+def test_rows_in_order_are_read_without_sorting_and_equal_the_general_path(sample, tmp_path, monkeypatch):
+    """Files sorted by (id, time) skip the sort; anything else takes the general path, with the same result."""
+    import rnnimp.dataset as dataset_module
+
+    folder = str(tmp_path / "sorted")
+    write_dataset(sample[:60], folder, series_per_file=25, series_ids=np.arange(100, 160) * 3)
+    plan = DatasetPlan.open(folder)
+    shards = Layout.for_sample(60, 10, 20).shards  # the second shard spans two files
+    general = []
+    monkeypatch.setattr(dataset_module, "_long_to_array", lambda *a, **k: general.append(1) / 0)
+    np.testing.assert_array_equal(np.concatenate([read_shard(plan, s) for s in shards]), sample[:60])
+    monkeypatch.undo()
+    table = pq.read_table(f"{folder}/part-00000.parquet")
+    swapped = table.take(np.r_[[1, 0], 2:table.num_rows])  # two steps of series 0 swapped: not in order
+    pq.write_table(swapped, f"{folder}/part-00000.parquet")
+    np.testing.assert_array_equal(read_shard(DatasetPlan.open(folder), shards[0]), sample[:20])
+    first_file = Layout.for_sample(25, 5, 25).shards[0]
+    descending = table.take(np.arange(table.num_rows).reshape(25, N_TIME)[::-1].ravel())  # series in id order, reversed
+    interleaved = table.take(np.r_[[0, 6, 2, 8, 4, 5, 1, 7, 3, 9], 10:table.num_rows])  # times in order, ids mixed
+    for name, table_written in (("descending", descending), ("interleaved", interleaved)):
+        (tmp_path / name).mkdir()
+        pq.write_table(table_written, tmp_path / name / "part.parquet")
+        np.testing.assert_array_equal(read_shard(DatasetPlan.open(str(tmp_path / name)), first_file), sample[:25])
+    floats = table.set_column(1, "time", table["time"].cast(pa.float64()))
+    for name, table_written in (("floats", floats), ("nan", floats.set_column(
+            2, "x0", pa.array(np.r_[np.nan, table["x0"].to_numpy()[1:]], pa.float32())))):
+        other = tmp_path / name
+        other.mkdir()
+        pq.write_table(table_written, other / "part.parquet")
+        plan = DatasetPlan.open(str(other))
+        if name == "floats":
+            np.testing.assert_array_equal(read_shard(plan, first_file), sample[:25])
+        else:
+            with pytest.raises(InvalidParameterError, match="'x0' must hold only finite values.*1 NaN"):
+                read_shard(plan, first_file)
+    repeated = tmp_path / "repeated"  # a step repeated in place of another: same row count, not in order
+    repeated.mkdir()
+    times = table["time"].to_numpy().copy()
+    times[3] = 2
+    pq.write_table(table.set_column(1, "time", pa.array(times)), repeated / "part.parquet")
+    with pytest.raises(InvalidParameterError, match="same 5 time steps|one row per"):
+        read_shard(DatasetPlan.open(str(repeated)), first_file)
 
 
 def test_string_ids_and_files_without_statistics(sample, tmp_path):
