@@ -112,16 +112,21 @@ def run(args) -> int:
         executor = distributed.RayExecutor().warm_up(architecture(model), min(args.eval_batch_size, args.samples),
                                                      ((reference.TIME_STEPS, reference.N_FEATURES),))
         try:
+            executor.pool.wait_until_ready()  # compiled: the CPU time below is the run's own
+            cpu_before = {s["pid"]: s["cpu_s"] for s in executor.worker_stats()}
             result = sensitivity_importance(model, X, executor=executor, **options, **extra)
             stats = executor.worker_stats()
         finally:
             executor.shutdown()
         timings = result.metadata["timings_s"]
-        return result, steps / (timings["baseline"] + timings["units"]), stats
+        cpu_s = sum(s["cpu_s"] - cpu_before.get(s["pid"], 0.0) for s in stats)
+        return result, steps / (timings["baseline"] + timings["units"]), stats, cpu_s
 
-    result, rate, stats = timed_run(args.dataset, shard_cache_mib=args.shard_cache_mib)
+    load = os.getloadavg()[0]
+
+    result, rate, stats, cpu_s = timed_run(args.dataset, shard_cache_mib=args.shard_cache_mib)
     figures.update(
-        dataset_steps_per_s=rate, driver_peak_rss_bytes=peak_rss_bytes(),
+        dataset_steps_per_s=rate, dataset_worker_cpu_s=cpu_s, driver_peak_rss_bytes=peak_rss_bytes(),
         worker_peak_rss_bytes=max(s["peak_rss_bytes"] for s in stats),
         cache_hits=sum(s["shard_cache"]["hits"] for s in stats),
         cache_misses=sum(s["shard_cache"]["misses"] for s in stats),
@@ -129,10 +134,12 @@ def run(args) -> int:
         shard_read_s=sum(s["shard_cache"]["read_s"] for s in stats))
     if not args.skip_in_memory:
         sample = in_memory_sample(args.seed, args.samples)
-        in_memory, rate, stats = timed_run(sample)
-        figures.update(in_memory_steps_per_s=rate, in_memory_worker_peak_rss_bytes=max(
+        in_memory, rate, stats, cpu_s = timed_run(sample)
+        figures.update(in_memory_steps_per_s=rate, in_memory_worker_cpu_s=cpu_s, in_memory_worker_peak_rss_bytes=max(
             s["peak_rss_bytes"] for s in stats), ratio=figures["dataset_steps_per_s"] / rate,
+            cpu_ratio=cpu_s / figures["dataset_worker_cpu_s"],
             identical_effects=bool(np.array_equal(in_memory.effects, result.effects)))
+    figures["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
     distributed.shutdown()
     print(format_figures(figures))
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
@@ -148,6 +155,10 @@ def format_figures(f: dict) -> str:
     if "in_memory_steps_per_s" in f:
         lines.append(f"in memory: {f['in_memory_steps_per_s'] / 1e6:.2f} Msteps/s; dataset / in-memory "
                      f"{f['ratio']:.2f} (target >= 0.8); effects identical: {f['identical_effects']}")
+        lines.append(f"workers' CPU time in the run: {f['dataset_worker_cpu_s']:.1f} s from the dataset, "
+                     f"{f['in_memory_worker_cpu_s']:.1f} s in memory (in-memory / dataset {f['cpu_ratio']:.2f}: "
+                     f"the throughput ratio without the other processes' load)")
+    lines.append(f"load average (1 min) before / after: {f['load_average'][0]} / {f['load_average'][1]}")
     lines.append(f"peak RSS after the dataset run: driver {f['driver_peak_rss_bytes'] / GIB:.2f} GiB, largest "
                  f"worker {f['worker_peak_rss_bytes'] / GIB:.2f} GiB (target <= 2 GiB)")
     return "\n".join(lines)

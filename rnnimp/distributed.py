@@ -335,7 +335,7 @@ class _EvaluationWorker:
 
     def stats(self) -> dict:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "peak_rss_bytes": peak_rss_bytes(), "shard_cache": cache_stats()}
+                "peak_rss_bytes": peak_rss_bytes(), "cpu_s": time.process_time(), "shard_cache": cache_stats()}
 
     @ray.method(num_returns=2)
     def predict_shard(self, model, sample, settings, shard):
