@@ -21,7 +21,9 @@ column read. Worker side (:class:`ShardReader`): one shard (a range of series
 indices, the same fixed-size shards as the in-memory run's
 :class:`rnnimp.method.Layout`, so batches and per-batch sums are the same) is
 read from the file(s) that hold it, row groups pruned by the id range, into
-float32 (series, time, features), and kept in an LRU cache under a byte budget.
+float32 (series, time, features) (rows already in (id, time) order are
+reshaped without sorting), and kept in a cache under a byte budget that
+evicts the most recently used shard (units sweep the shards in order).
 
 Statistics (:class:`Moments`): per-feature means and standard deviations from
 per-shard partial sums that are exact (integers), so they combine in any order
