@@ -128,6 +128,7 @@ def run(args) -> int:
     figures.update(
         dataset_steps_per_s=rate, dataset_worker_cpu_s=cpu_s, driver_peak_rss_bytes=peak_rss_bytes(),
         worker_peak_rss_bytes=max(s["peak_rss_bytes"] for s in stats),
+        worker_rss_parts_bytes=max(stats, key=lambda s: s["peak_rss_bytes"])["rss_parts_bytes"],
         cache_hits=sum(s["shard_cache"]["hits"] for s in stats),
         cache_misses=sum(s["shard_cache"]["misses"] for s in stats),
         cache_evictions=sum(s["shard_cache"]["evictions"] for s in stats),
@@ -161,4 +162,9 @@ def format_figures(f: dict) -> str:
     lines.append(f"load average (1 min) before / after: {f['load_average'][0]} / {f['load_average'][1]}")
     lines.append(f"peak RSS after the dataset run: driver {f['driver_peak_rss_bytes'] / GIB:.2f} GiB, largest "
                  f"worker {f['worker_peak_rss_bytes'] / GIB:.2f} GiB (target <= 2 GiB)")
+    parts = f["worker_rss_parts_bytes"]
+    if parts:
+        lines.append("that worker's resident memory at the end: " + ", ".join(
+            f"{name.replace('_', ' ')} {value / GIB:.2f} GiB" for name, value in parts.items())
+            + " (shared memory: object-store pages it read, shared by the node's processes)")
     return "\n".join(lines)

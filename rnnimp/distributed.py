@@ -30,7 +30,8 @@ from . import logs, sizes, validation
 from .errors import InvalidParameterError, WorkersLostError
 from .method import Unit
 from .method import Shard
-from .worker import Baseline, EvaluationJob, cache_stats, peak_rss_bytes, predict_shard, unit_sums, warm_up
+from .worker import (Baseline, EvaluationJob, cache_stats, peak_rss_bytes, predict_shard, rss_parts_bytes,
+                     unit_sums, warm_up)
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,8 @@ class _EvaluationWorker:
 
     def stats(self) -> dict:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "peak_rss_bytes": peak_rss_bytes(), "cpu_s": time.process_time(), "shard_cache": cache_stats()}
+                "peak_rss_bytes": peak_rss_bytes(), "rss_parts_bytes": rss_parts_bytes(),
+                "cpu_s": time.process_time(), "shard_cache": cache_stats()}
 
     @ray.method(num_returns=2)
     def predict_shard(self, model, sample, settings, shard):
