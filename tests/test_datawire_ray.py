@@ -142,4 +142,7 @@ def test_benchmark_dataset_writes_the_dataset_and_compares_with_the_in_memory_ru
     assert figures["dataset_files"] == 5 and figures["identical_effects"] is True
     assert figures["cache_misses"] <= 2 * 3 and figures["cache_hits"] > 0  # each worker reads a shard once
     assert figures["dataset_steps_per_s"] > 0 and figures["worker_peak_rss_bytes"] > 0
+    assert figures["dataset_worker_cpu_s"] > 0 and figures["in_memory_worker_cpu_s"] > 0 and figures["shard_read_s"] > 0
+    assert abs(figures["cpu_ratio"] - figures["in_memory_worker_cpu_s"] / figures["dataset_worker_cpu_s"]) < 0.01
+    assert 0 < figures["worker_rss_parts_bytes"]["private"] < figures["worker_peak_rss_bytes"]
     assert sorted(p.name for p in folder.iterdir()) == ["chunk-00000"]
