@@ -371,32 +371,36 @@ def unit_cost(layout, time_steps: int) -> int:
 
 
 def unit_batches(units: Sequence[Unit], cost: int, workers: int) -> list[UnitBatch]:
-    """``units`` grouped by shard (in order of first appearance), each group cut into equal batches.
+    """``units`` grouped by shard, each group cut into equal batches of consecutive units, in plan order.
 
     A batch holds about :data:`CALL_SAMPLE_STEPS` of forward work (``cost``:
     one unit's, see :func:`unit_cost`), so that an actor call's fixed cost
     (scheduling, fetching its inputs, returning its result) is small beside
     it, but never so many units that ``workers`` would get fewer than
-    :data:`CALLS_PER_WORKER` calls each; always at least one unit. Each unit
-    still carries its own seed, so how units are batched changes no result.
+    :data:`CALLS_PER_WORKER` calls each; always at least one unit. Batches
+    come in the order of their first unit in ``units``: units too big to
+    share a call keep the plan's order (consecutive units of one target and
+    repeat on different shards share a permutation a worker keeps). Each
+    unit still carries its own seed, so how units are batched changes no result.
     """
     if not units:
         return []
     balanced = math.ceil(len(units) / (CALLS_PER_WORKER * max(1, workers)))
     most = max(1, min(CALL_SAMPLE_STEPS // max(1, cost), balanced))
-    by_shard: dict[int, list[Unit]] = {}
-    for unit in units:
-        by_shard.setdefault(unit.shard.index, []).append(unit)
-    batches = []
+    by_shard: dict[int, list[tuple[int, Unit]]] = {}
+    for position, unit in enumerate(units):
+        by_shard.setdefault(unit.shard.index, []).append((position, unit))
+    batches = []  # (position of the first unit, batch)
     for group in by_shard.values():
         count = math.ceil(len(group) / most)
         size, extra = divmod(len(group), count)
         start = 0
         for number in range(count):  # the first ``extra`` batches one unit longer
             stop = start + size + (number < extra)
-            batches.append(UnitBatch(group[0].shard, tuple(group[start:stop])))
+            members = tuple(unit for _, unit in group[start:stop])
+            batches.append((group[start][0], UnitBatch(members[0].shard, members)))
             start = stop
-    return batches
+    return [batch for _, batch in sorted(batches, key=lambda item: item[0])]
 
 
 class LostActor(Exception):

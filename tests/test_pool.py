@@ -350,7 +350,18 @@ def test_unit_batches_hold_every_unit_once_one_shard_each_and_about_a_calls_work
     sizes = [len(batch.units) for batch in batches]
     assert max(sizes) > 1 and max(sizes) * cost <= CALL_SAMPLE_STEPS  # several units, no more than a call's work
     assert max(sizes) - min(sizes) <= 1 and len(batches) >= CALLS_PER_WORKER * 2
-    assert [batch.shard.index for batch in batches] == sorted(batch.shard.index for batch in batches)
+    firsts = [units.index(batch.units[0]) for batch in batches]
+    assert firsts == sorted(firsts)  # in plan order
+    assert all(list(b.units) == sorted(b.units, key=units.index) for b in batches)
+
+
+def test_units_too_big_to_share_a_call_keep_the_plan_order():
+    from rnnimp.method import Layout, Target, plan_units
+
+    layout = Layout.for_sample(4000, 100, 1000)  # 4 shards
+    units = plan_units(0, [Target("a", (0,)), Target("b", (1,))], range(3), layout.shards)
+    batches = unit_batches(units, CALL_SAMPLE_STEPS, workers=2)
+    assert [batch.units for batch in batches] == [(unit,) for unit in units]
 
 
 def test_unit_batches_keep_every_worker_busy_and_give_a_big_unit_a_call_of_its_own():
