@@ -30,7 +30,6 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostErro
 
 from . import logs, sizes, validation
 from .errors import InvalidParameterError, WorkersLostError
-from .inputs import InputLayout
 from .method import Shard, Unit
 from .worker import (Baseline, EvaluationJob, cache_stats, input_shapes, peak_rss_bytes, predict_shard,
                      unit_sums_many, warm_up)
@@ -831,8 +830,9 @@ class RayExecutor:
         model_ref, sample_ref, labels_ref = self._refs(job)
         if self._baseline is not baseline:
             self._baseline, self._baseline_shards = baseline, list(baseline.shards)
-        layout = job.settings.inputs or InputLayout.single(*input_shapes(job.sample)[0])
-        batches = unit_batches(units, unit_cost(job.settings.layout, layout.max_time_steps), self.pool.size)
+        shapes = job.settings.inputs.shapes if job.settings.inputs is not None else input_shapes(job.sample)
+        time_steps = max((shape[0] for shape in shapes if len(shape) == 2), default=1)
+        batches = unit_batches(units, unit_cost(job.settings.layout, time_steps), self.pool.size)
 
         def submit(actor, batch: UnitBatch):
             return actor.unit_sums_many.remote(model_ref, sample_ref, self._baseline_shards[batch.shard.index],
