@@ -834,9 +834,17 @@ class RayExecutor:
         time_steps = max((shape[0] for shape in shapes if len(shape) == 2), default=1)
         batches = unit_batches(units, unit_cost(job.settings.layout, time_steps), self.pool.size)
 
+        carried: dict[int, object] = {}  # id(batch) -> the baseline ref its latest submission carried
+
         def submit(actor, batch: UnitBatch):
-            return actor.unit_sums_many.remote(model_ref, sample_ref, self._baseline_shards[batch.shard.index],
-                                               labels_ref, job.settings, batch.units)
+            carried[id(batch)] = baseline_ref = self._baseline_shards[batch.shard.index]
+            return actor.unit_sums_many.remote(model_ref, sample_ref, baseline_ref, labels_ref, job.settings,
+                                               batch.units)
+
+        def recover(batch: UnitBatch) -> None:
+            """A batch's baseline was lost: compute it again, unless another batch of its shard just did."""
+            if carried.get(id(batch)) is self._baseline_shards[batch.shard.index]:
+                self._recompute_baseline(job, batch.shard)
 
         fetched: dict[int, tuple] = {}  # shard index -> (ref, predictions) the driver lane fetched
 
@@ -854,7 +862,7 @@ class RayExecutor:
 
         started = time.perf_counter()
         for batch, sums in self.pool.run(batches, submit, self.per_worker_in_flight,
-                                         recover=lambda batch: self._recompute_baseline(job, batch.shard),
+                                         recover=recover,
                                          local=on_driver if self.driver_lane else None):
             yield from zip(batch.units, sums)
         self.timings["units"] += time.perf_counter() - started

@@ -374,3 +374,52 @@ def test_unit_batches_keep_every_worker_busy_and_give_a_big_unit_a_call_of_its_o
         assert [len(batch.units) for batch in unit_batches(units, unit_cost(layout, 1), workers)] == sizes
     assert [len(b.units) for b in unit_batches(units, CALL_SAMPLE_STEPS * 2, 1)] == [1] * 10
     assert unit_batches([], 1, 2) == []
+
+
+def test_a_lost_baseline_shard_is_computed_again_once_for_all_its_batches_in_flight(monkeypatch):
+    """Two batches of shard 0 are in flight with its baseline when that is lost: the first failure computes it
+    again, the second is only resubmitted with the new one; every unit comes back once."""
+    import numpy as np
+
+    from rnnimp.distributed import RayExecutor
+    from rnnimp.method import Layout, Metric, Target, plan_units
+    from rnnimp.perturb import Perturbation
+    from rnnimp.worker import Baseline, EvaluationJob, Settings
+
+    class Method:
+        def __init__(self, actor):
+            self.actor = actor
+
+        def remote(self, model, sample, baseline, labels, settings, units):
+            return FakeRef(self.actor, [np.zeros((1, 2)) for _ in units], lost_object=baseline == "b0")
+
+    class UnitActor(FakeActor):
+        def __init__(self, index):
+            super().__init__(index)
+            self.unit_sums_many = Method(self)
+
+    class UnitBackend(FakeBackend):
+        def start_actor(self):
+            actor = UnitActor(len(self.actors))
+            self.actors.append(actor)
+            return actor
+
+    layout = Layout.for_sample(64, 32, 32)  # 2 shards of one batch
+    units = plan_units(0, [Target("a", (0,)), Target("b", (1,))], range(8), layout.shards)  # 16 per shard
+    settings = Settings(layout, Perturbation("noise", scales=(0.1, 0.1)), Metric())
+    job = EvaluationJob(None, np.zeros((64, 3, 2), np.float32), None, settings)
+    executor = RayExecutor(num_workers=2)
+    executor.pool = ActorPool(2, backend=UnitBackend())
+    executor.pool.wait_until_ready()
+    executor._job, executor._job_refs = job, ("model", "sample", None)  # as if put in the object store
+    executor.timings["units"] = 0.0
+    recomputed = []
+
+    def recompute(job, shard):
+        recomputed.append(shard.index)
+        executor._baseline_shards[shard.index] = f"b{shard.index} again"
+
+    monkeypatch.setattr(executor, "_recompute_baseline", recompute)
+    finished = [unit for unit, _ in executor.evaluate(job, Baseline(("b0", "b1"), 1), units)]
+    assert sorted(finished, key=units.index) == units
+    assert recomputed == [0]
