@@ -39,7 +39,7 @@ PER_STEP = dict(n_repeats=2, random_state=5, batch_size=64, per_step=True)
 
 @pytest.fixture(scope="module")
 def in_process_per_step(reference_training, in_process):
-    """A per-step map computed unit by unit in this process, on one shard."""
+    """A per-step map computed in this process (LocalExecutor), all 200 series in one shard."""
     return sensitivity_importance(reference_training.model, in_process[0], shard_size=256, **PER_STEP)
 
 
