@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import re
 import shutil
 import socket
 import time
-from typing import Callable, Iterable, Iterator, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import ray
@@ -28,10 +30,9 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostErro
 
 from . import logs, sizes, validation
 from .errors import InvalidParameterError, WorkersLostError
-from .method import Unit
-from .method import Shard
-from .worker import (Baseline, EvaluationJob, cache_stats, peak_rss_bytes, predict_shard, rss_parts_bytes,
-                     unit_sums, warm_up)
+from .method import Shard, Unit
+from .worker import (Baseline, EvaluationJob, cache_stats, input_shapes, peak_rss_bytes, predict_shard,
+                     rss_parts_bytes, unit_sums_many, warm_up)
 
 log = logging.getLogger(__name__)
 
@@ -345,8 +346,61 @@ class _EvaluationWorker:
         predictions = predict_shard(model, sample, settings, shard)
         return predictions.shape[1], predictions
 
-    def unit_sums(self, model, sample, baseline, labels, settings, unit):
-        return unit_sums(model, sample, baseline, labels, settings, unit)
+    def unit_sums_many(self, model, sample, baseline, labels, settings, units):
+        """The sums of several units of one shard, stacked (see :func:`rnnimp.worker.unit_sums_many`)."""
+        return unit_sums_many(model, sample, baseline, labels, settings, units)
+
+
+CALL_SAMPLE_STEPS = 250_000  # forward work (series x time steps) one actor call of units aims at: tens of ms
+FORWARD_CALL_STEPS = 2_048  # what the fixed cost of one forward call is worth, in series x time steps
+CALLS_PER_WORKER = 4  # at least this many calls per worker in a run of units, to balance the workers
+
+
+@dataclass(frozen=True)
+class UnitBatch:
+    """Units of one shard computed in one actor call (or by the driver lane in one go)."""
+
+    shard: Shard
+    units: tuple[Unit, ...]
+
+
+def unit_cost(layout, time_steps: int) -> int:
+    """Forward work of one unit in series x time steps: its shard's padded batches, each with its fixed cost."""
+    rows = layout.shards[0].stop - layout.shards[0].start
+    return math.ceil(rows / layout.batch_size) * (layout.batch_size * max(1, time_steps) + FORWARD_CALL_STEPS)
+
+
+def unit_batches(units: Sequence[Unit], cost: int, workers: int) -> list[UnitBatch]:
+    """``units`` grouped by shard, each group cut into equal batches of consecutive units, in plan order.
+
+    A batch holds about :data:`CALL_SAMPLE_STEPS` of forward work (``cost``:
+    one unit's, see :func:`unit_cost`), so that an actor call's fixed cost
+    (scheduling, fetching its inputs, returning its result) is small beside
+    it, but never so many units that ``workers`` would get fewer than
+    :data:`CALLS_PER_WORKER` calls each; always at least one unit. Batches
+    come in the order of their first unit in ``units``: units too big to
+    share a call keep the plan's order (consecutive units of one target and
+    repeat on different shards share a permutation a worker keeps). Each
+    unit still carries its own seed, so how units are batched changes no result.
+    """
+    if not units:
+        return []
+    balanced = math.ceil(len(units) / (CALLS_PER_WORKER * max(1, workers)))
+    most = max(1, min(CALL_SAMPLE_STEPS // max(1, cost), balanced))
+    by_shard: dict[int, list[tuple[int, Unit]]] = {}
+    for position, unit in enumerate(units):
+        by_shard.setdefault(unit.shard.index, []).append((position, unit))
+    batches = []  # (position of the first unit, batch)
+    for group in by_shard.values():
+        count = math.ceil(len(group) / most)
+        size, extra = divmod(len(group), count)
+        start = 0
+        for number in range(count):  # the first ``extra`` batches one unit longer
+            stop = start + size + (number < extra)
+            members = tuple(unit for _, unit in group[start:stop])
+            batches.append((group[start][0], UnitBatch(members[0].shard, members)))
+            start = stop
+    return [batch for _, batch in sorted(batches, key=lambda item: item[0])]
 
 
 class LostActor(Exception):
@@ -769,32 +823,49 @@ class RayExecutor:
         log.warning("the baseline of shard %d was lost with its node; computed it again", shard.index)
 
     def evaluate(self, job: EvaluationJob, baseline: Baseline, units: list[Unit]) -> Iterator[tuple[Unit, object]]:
-        """Yield ``(unit, per-batch sums)`` as units finish, in completion order."""
+        """Yield ``(unit, per-batch sums)`` as units finish, in completion order.
+
+        Units of one shard go to an actor in batches (:func:`unit_batches`),
+        one call each; a batch whose actor is lost is computed again whole.
+        """
         model_ref, sample_ref, labels_ref = self._refs(job)
         if self._baseline is not baseline:
             self._baseline, self._baseline_shards = baseline, list(baseline.shards)
+        shapes = job.settings.inputs.shapes if job.settings.inputs is not None else input_shapes(job.sample)
+        time_steps = max((shape[0] for shape in shapes if len(shape) == 2), default=1)
+        batches = unit_batches(units, unit_cost(job.settings.layout, time_steps), self.pool.size)
 
-        def submit(actor, unit: Unit):
-            return actor.unit_sums.remote(model_ref, sample_ref, self._baseline_shards[unit.shard.index],
-                                          labels_ref, job.settings, unit)
+        carried: dict[int, object] = {}  # id(batch) -> the baseline ref its latest submission carried
+
+        def submit(actor, batch: UnitBatch):
+            carried[id(batch)] = baseline_ref = self._baseline_shards[batch.shard.index]
+            return actor.unit_sums_many.remote(model_ref, sample_ref, baseline_ref, labels_ref, job.settings,
+                                               batch.units)
+
+        def recover(batch: UnitBatch) -> None:
+            """A batch's baseline was lost: compute it again, unless another batch of its shard just did."""
+            if carried.get(id(batch)) is self._baseline_shards[batch.shard.index]:
+                self._recompute_baseline(job, batch.shard)
 
         fetched: dict[int, tuple] = {}  # shard index -> (ref, predictions) the driver lane fetched
 
-        def on_driver(unit: Unit):
-            ref = self._baseline_shards[unit.shard.index]
-            if fetched.get(unit.shard.index, (None,))[0] is not ref:
+        def on_driver(batch: UnitBatch):
+            ref = self._baseline_shards[batch.shard.index]
+            if fetched.get(batch.shard.index, (None,))[0] is not ref:
                 try:
-                    fetched[unit.shard.index] = (ref, ray.get(ref))
+                    fetched[batch.shard.index] = (ref, ray.get(ref))
                 except ObjectLostError:  # lost with its node: compute it again, then use the new one
-                    self._recompute_baseline(job, unit.shard)
-                    return on_driver(unit)
-            self.on_driver["units"] += 1
-            return unit_sums(job.model, job.sample, fetched[unit.shard.index][1], job.labels, job.settings, unit)
+                    self._recompute_baseline(job, batch.shard)
+                    return on_driver(batch)
+            self.on_driver["units"] += len(batch.units)
+            return unit_sums_many(job.model, job.sample, fetched[batch.shard.index][1], job.labels, job.settings,
+                                  batch.units)
 
         started = time.perf_counter()
-        yield from self.pool.run(units, submit, self.per_worker_in_flight,
-                                 recover=lambda unit: self._recompute_baseline(job, unit.shard),
-                                 local=on_driver if self.driver_lane else None)
+        for batch, sums in self.pool.run(batches, submit, self.per_worker_in_flight,
+                                         recover=recover,
+                                         local=on_driver if self.driver_lane else None):
+            yield from zip(batch.units, sums)
         self.timings["units"] += time.perf_counter() - started
 
     def shutdown(self) -> None:

@@ -25,6 +25,7 @@ Pure numpy; never imports Ray, and TensorFlow/Keras only when asked about a mode
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -78,9 +79,9 @@ class InputLayout:
     def feature_counts(self) -> tuple[int, ...]:
         return tuple(shape[-1] for shape in self.shapes)
 
-    @property
+    @functools.cached_property
     def offsets(self) -> tuple[int, ...]:
-        """Global index of each input's first feature."""
+        """Global index of each input's first feature (computed once per layout)."""
         return tuple(int(v) for v in np.concatenate([[0], np.cumsum(self.feature_counts)[:-1]]))
 
     @property
@@ -99,14 +100,24 @@ class InputLayout:
                 return index, feature - offset
         raise IndexError(f"feature {feature} is beyond the {self.n_features} features of the inputs")
 
-    def parts(self, features: Sequence[int]) -> list[tuple[int, tuple[int, ...], tuple[int, ...]]]:
-        """``features`` (global) split by input: (input index, global features, columns), in input order."""
+    def parts(self, features: Sequence[int]) -> tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...]:
+        """``features`` (global) split by input: (input index, global features, columns), in input order.
+
+        Kept per layout and features: every unit of a target asks again.
+        """
+        known = self.__dict__.setdefault("_parts", {})  # a cache beside the frozen fields, not one of them
+        key = tuple(features)
+        if key not in known:
+            known[key] = self._split(key)
+        return known[key]
+
+    def _split(self, features: tuple[int, ...]) -> tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...]:
         by_input: dict[int, list[tuple[int, int]]] = {}
         for feature in features:
             index, column = self.locate(feature)
             by_input.setdefault(index, []).append((feature, column))
-        return [(index, tuple(f for f, _ in pairs), tuple(c for _, c in pairs))
-                for index, pairs in sorted(by_input.items())]
+        return tuple((index, tuple(f for f, _ in pairs), tuple(c for _, c in pairs))
+                     for index, pairs in sorted(by_input.items()))
 
     def is_static_target(self, features: Sequence[int]) -> bool:
         """Whether every feature of a target belongs to a static input."""

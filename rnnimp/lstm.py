@@ -437,4 +437,7 @@ def fused_forward(model) -> Callable[[np.ndarray], np.ndarray] | None:
     else:
         signature = [tf.TensorSpec((None, time_steps, n_features), tf.float32)]
         compiled = tf.function(call, jit_compile=True, input_signature=signature)
+    from .forward import direct_calls  # forward imports this module
+
+    compiled = direct_calls(compiled)
     return lambda batch: compiled(batch).numpy()

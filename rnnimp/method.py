@@ -151,6 +151,25 @@ def plan_units(
     return units
 
 
+@dataclass
+class _BatchSetUp:
+    """What every unit of a :meth:`ShardEvaluator.unit_sums_many` call shares for one batch of the shard.
+
+    ``baseline`` (rows, outputs) and ``labels`` (rows, outputs) or None are the
+    batch's slices; ``segments`` (rows,) its segment ids or None; ``real`` the
+    unperturbed batch's real steps per input (set on first use); ``valid``
+    (rows, outputs) bool, the outputs present (set on first use with an output mask).
+    """
+
+    start: int
+    stop: int
+    baseline: np.ndarray
+    labels: np.ndarray | None
+    segments: np.ndarray | None
+    real: list | None = None
+    valid: np.ndarray | None = None
+
+
 class ShardEvaluator:
     """Runs a model on fixed-size batches of a sample, plain or perturbed.
 
@@ -249,41 +268,71 @@ class ShardEvaluator:
         shard, columns, 2), one column per (metric, segment, output) in
         :meth:`Measures.columns` order, all from the same forward passes.
         """
+        return self.unit_sums_many(sample, baseline, labels, (unit,), perturbation, metric, measures=measures)[0]
+
+    def unit_sums_many(
+        self, sample, baseline: np.ndarray, labels: np.ndarray | None, units: Sequence[Unit],
+        perturbation: Perturbation, metric: Metric, *, measures: "Measures | None" = None,
+    ) -> np.ndarray:
+        """:meth:`unit_sums` of several units of one shard, stacked: float64 (units, batches in shard, 2),
+        or (units, batches in shard, columns, 2) with ``measures``.
+
+        Each unit's sums are exactly those :meth:`unit_sums` gives for it
+        alone (the same forward passes on the same fixed-size batches); what
+        the units share is set up once: the batches' unperturbed real steps,
+        baseline slices, valid outputs, labels and segments.
+        """
+        if not units:
+            raise ValueError("unit_sums_many needs at least one unit")
+        shard = units[0].shard
+        if any(unit.shard != shard for unit in units):
+            raise ValueError("the units of one unit_sums_many call must share a shard")
         sample = as_inputs(sample)
         layout = self.inputs
         plain = measures is None
         measures = Measures((metric,)) if measures is None else measures
-        sources = None
-        if perturbation.kind == "permute":
-            sources = (self._sources(unit.key, len(sample[0])) if measures.donor_strata is None
-                       else self._stratified_sources(unit.key, measures.donor_strata[unit.target]))
-        n_batches = math.ceil((unit.shard.stop - unit.shard.start) / self.batch_size)
+        batches = [_BatchSetUp(start, stop, baseline[start - shard.start:stop - shard.start],
+                               None if labels is None else labels[start:stop],
+                               None if measures.segment_ids is None else measures.segment_ids[start:stop])
+                   for start, stop in self._batches(shard)]
+        weights_of: dict[tuple[tuple[int, int], int], np.ndarray] = {}  # (resample key, start) -> weights
         sums = None
-        for index, (start, stop) in enumerate(self._batches(unit.shard)):
-            batches = self._load(sample, start, stop)
-            real = [real_steps(batch, mask_value) if layout.is_sequence(k) else None
-                    for k, (batch, mask_value) in enumerate(zip(batches, layout.mask_values))]
-            changed = perturb_inputs(batches, sample, start, unit.features, unit.step, perturbation, unit.key,
-                                     layout, real, sources)
-            for k in changed:
-                self._holds[k] = None
-            perturbed = self._run(stop - start)[0].astype(np.float64)
-            offset = start - unit.shard.start
-            shard_baseline = baseline[offset:offset + stop - start]
-            if sums is None:
-                sums = np.empty((n_batches, measures.n_columns(perturbed.shape[1]), 2))
-            valid = ~np.isnan(shard_baseline) if self.output_mask else None
-            weights = None if unit.resample is None else bootstrap_weights(unit.resample, start, stop - start)
-            rows = None if measures.segment_ids is None else measures.segment_ids[start:stop]
-            column = 0
-            for measure in measures.metrics:
-                terms = measure.terms(perturbed, shard_baseline, None if labels is None else labels[start:stop])
-                if valid is not None:
-                    terms = np.where(valid, terms, 0.0)
-                for segment in range(measures.n_segments):
-                    chosen = None if rows is None else rows == segment
-                    column = _batch_sums(sums[index], column, terms, valid, weights, chosen, measures.per_output)
-        return sums[:, 0, :] if plain else sums
+        for number, unit in enumerate(units):
+            sources = None
+            if perturbation.kind == "permute":
+                sources = (self._sources(unit.key, len(sample[0])) if measures.donor_strata is None
+                           else self._stratified_sources(unit.key, measures.donor_strata[unit.target]))
+            for index, batch in enumerate(batches):
+                start, stop = batch.start, batch.stop
+                views = self._load(sample, start, stop)
+                if batch.real is None:  # the unperturbed rows' real steps, the same for every unit
+                    batch.real = [real_steps(view, mask_value) if layout.is_sequence(k) else None
+                                  for k, (view, mask_value) in enumerate(zip(views, layout.mask_values))]
+                changed = perturb_inputs(views, sample, start, unit.features, unit.step, perturbation, unit.key,
+                                         layout, batch.real, sources)
+                for k in changed:
+                    self._holds[k] = None
+                perturbed = self._run(stop - start)[0].astype(np.float64)
+                if sums is None:
+                    sums = np.empty((len(units), len(batches), measures.n_columns(perturbed.shape[1]), 2))
+                if self.output_mask and batch.valid is None:
+                    batch.valid = ~np.isnan(batch.baseline)
+                weights = None
+                if unit.resample is not None:
+                    weights = weights_of.get((unit.resample, start))
+                    if weights is None:
+                        weights = weights_of[unit.resample, start] = bootstrap_weights(unit.resample, start,
+                                                                                        stop - start)
+                column = 0
+                for measure in measures.metrics:
+                    terms = measure.terms(perturbed, batch.baseline, batch.labels)
+                    if batch.valid is not None:
+                        terms = np.where(batch.valid, terms, 0.0)
+                    for segment in range(measures.n_segments):
+                        chosen = None if batch.segments is None else batch.segments == segment
+                        column = _batch_sums(sums[number, index], column, terms, batch.valid, weights, chosen,
+                                             measures.per_output)
+        return sums[:, :, 0, :] if plain else sums
 
     def _stratified_sources(self, key: tuple[int, int], strata_ids: np.ndarray) -> np.ndarray:
         held = self._stratified
@@ -340,10 +389,11 @@ def _batch_sums(row: np.ndarray, column: int, terms: np.ndarray, valid: np.ndarr
         valid = None if valid is None else valid[chosen]
         weights = None if weights is None else weights[chosen]
     counts = None if valid is None else valid.sum(axis=1).astype(np.float64)
+    # math.fsum is exact whatever the order and type of its values: fed Python floats (tolist), it is faster
     if weights is None:
-        row[column] = math.fsum(terms.sum(axis=1)), terms.size if counts is None else counts.sum()
+        row[column] = math.fsum(terms.sum(axis=1).tolist()), terms.size if counts is None else counts.sum()
     else:
-        row[column] = (math.fsum((terms * weights[:, None]).sum(axis=1)),
+        row[column] = (math.fsum((terms * weights[:, None]).sum(axis=1).tolist()),
                        weights.sum() * terms.shape[1] if counts is None else (weights * counts).sum())
     column += 1
     if per_output:
@@ -351,9 +401,9 @@ def _batch_sums(row: np.ndarray, column: int, terms: np.ndarray, valid: np.ndarr
             values = terms[:, output]
             present = np.ones(len(values)) if valid is None else valid[:, output].astype(np.float64)
             if weights is None:
-                row[column] = math.fsum(values), present.sum()
+                row[column] = math.fsum(values.tolist()), present.sum()
             else:
-                row[column] = math.fsum(values * weights), (weights * present).sum()
+                row[column] = math.fsum((values * weights).tolist()), (weights * present).sum()
             column += 1
     return column
 
@@ -367,7 +417,7 @@ def as_inputs(sample) -> Sequence[np.ndarray]:
 def effect(batch_sums: Iterable[np.ndarray], metric: Metric) -> float:
     """The effect of one (target, step, repeat) from the per-batch sums of its shards."""
     stacked = np.concatenate(list(batch_sums))
-    count = math.fsum(stacked[:, 1])
+    count = math.fsum(stacked[:, 1].tolist())
     if count == 0:  # e.g. a bootstrap draw that weights every series of a segment 0
         return math.nan
-    return metric.finalize(math.fsum(stacked[:, 0]) / count)
+    return metric.finalize(math.fsum(stacked[:, 0].tolist()) / count)

@@ -14,6 +14,7 @@ the same however the sample is split into shards and batches.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -119,12 +120,32 @@ def bootstrap_weights(key: tuple[int, int], first_sample: int, n_samples: int) -
     return np.searchsorted(_POISSON1_CDF, uniform, side="right").astype(np.float64)
 
 
+_THREAD = threading.local()  # each thread's reusable Philox bit generator
+_WORD = 2**64 - 1
+
+
+def _philox_at(key: tuple[int, int], block: int) -> np.random.Philox:
+    """A Philox4x64 bit generator keyed by ``key`` whose next output is that of counter ``block``.
+
+    Exactly ``Philox(key=key)`` advanced by ``block``, but this thread's one
+    instance is re-keyed instead of creating one (which also draws OS
+    entropy for a seed it never uses) on every call.
+    """
+    bit_generator = getattr(_THREAD, "philox", None)
+    if bit_generator is None:
+        bit_generator = _THREAD.philox = np.random.Philox(key=np.zeros(2, dtype=np.uint64))
+    counter = np.array([(block >> shift) & _WORD for shift in (0, 64, 128, 192)], dtype=np.uint64)
+    bit_generator.state = {"bit_generator": "Philox",
+                           "state": {"counter": counter, "key": np.array(key, dtype=np.uint64)},
+                           "buffer": np.zeros(_PHILOX_WORDS_PER_BLOCK, dtype=np.uint64),
+                           "buffer_pos": _PHILOX_WORDS_PER_BLOCK, "has_uint32": 0, "uinteger": 0}
+    return bit_generator
+
+
 def stream_uniforms(key: tuple[int, int], start: int, count: int) -> np.ndarray:
     """Uniforms in (0, 1) at positions ``start .. start+count-1`` of the stream of ``key``."""
     block, offset = divmod(start, _PHILOX_WORDS_PER_BLOCK)
-    bit_generator = np.random.Philox(key=np.array(key, dtype=np.uint64))
-    bit_generator.advance(block)
-    raw = bit_generator.random_raw(offset + count)[offset:]
+    raw = _philox_at(key, block).random_raw(offset + count)[offset:]
     np.right_shift(raw, np.uint64(11), out=raw)  # in place: this runs once per value of every unit
     uniforms = raw.astype(np.float64)
     uniforms += 0.5

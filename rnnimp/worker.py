@@ -9,10 +9,10 @@ therefore be warmed up with the architecture alone, before the weights exist
 
 from __future__ import annotations
 
-import hashlib
 import resource
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -73,9 +73,14 @@ InputShapes = tuple[tuple[int, ...], ...]  # per model input, the shape of one s
 
 
 def _cached(architecture_json: str, batch_size: int, input_shapes: InputShapes, jit_compile: bool) -> _CachedEvaluator:
-    """This process's evaluator for an architecture and batch shapes, built and compiled once."""
+    """This process's evaluator for an architecture and batch shapes, built and compiled once.
+
+    Keyed by the architecture JSON itself: a string caches its hash, and
+    comparing two equal strings is far cheaper than hashing one with SHA-256
+    on every call.
+    """
     shapes = tuple(tuple(int(d) for d in shape) for shape in input_shapes)
-    key = (hashlib.sha256(architecture_json.encode()).hexdigest(), batch_size, shapes, jit_compile)
+    key = (architecture_json, batch_size, shapes, jit_compile)
     if key not in _EVALUATORS:
         import keras
 
@@ -170,10 +175,32 @@ def unit_sums(model: ModelSpec, sample, baseline: np.ndarray, labels: np.ndarray
 
     ``baseline``: the unperturbed predictions of the unit's shard (shard rows, outputs).
     """
+    return unit_sums_many(model, sample, baseline, labels, settings, (unit,))[0]
+
+
+def unit_sums_many(model: ModelSpec, sample, baseline: np.ndarray, labels: np.ndarray | None,
+                   settings: Settings, units: Sequence[Unit]) -> np.ndarray:
+    """:func:`unit_sums` of several units of one shard, set up once: float64 (units, batches, 2), or
+    (units, batches, columns, 2) with ``settings.measures``; entry ``i`` is exactly ``unit_sums`` of ``units[i]``.
+
+    ``baseline``: the unperturbed predictions of the units' shard (shard rows, outputs).
+    """
     sample = materialize(sample, settings)
     evaluator = evaluator_for(model, settings, sample)
-    return evaluator.unit_sums(sample, baseline, labels, unit, settings.perturbation, settings.metric,
-                               measures=settings.measures)
+    return evaluator.unit_sums_many(sample, baseline, labels, units, settings.perturbation, settings.metric,
+                                    measures=settings.measures)
+
+
+def shard_runs(units: Iterable[Unit], most: int) -> Iterator[list[Unit]]:
+    """``units`` in their order, cut into runs of consecutive units of one shard, each at most ``most`` long."""
+    run: list[Unit] = []
+    for unit in units:
+        if run and (len(run) >= most or unit.shard != run[0].shard):
+            yield run
+            run = []
+        run.append(unit)
+    if run:
+        yield run
 
 
 def peak_rss_bytes() -> int:
@@ -201,6 +228,9 @@ def rss_parts_bytes() -> dict[str, int]:
     return parts
 
 
+LOCAL_RUN = 64  # units of one shard the local executor computes in one call
+
+
 class LocalExecutor:
     """Runs every unit in this process, one after the other."""
 
@@ -216,10 +246,15 @@ class LocalExecutor:
         return Baseline(shards, shards[0].shape[1])
 
     def evaluate(self, job: EvaluationJob, baseline: Baseline, units: list[Unit]):
-        """Yield ``(unit, per-batch sums)`` for each unit, in plan order."""
-        for unit in units:
-            yield unit, unit_sums(job.model, job.sample, baseline.shards[unit.shard.index], job.labels,
-                                  job.settings, unit)
+        """Yield ``(unit, per-batch sums)`` for each unit, in plan order.
+
+        Consecutive units of one shard are computed together (at most
+        :data:`LOCAL_RUN` at a time), sharing their set-up.
+        """
+        for run in shard_runs(units, LOCAL_RUN):
+            sums = unit_sums_many(job.model, job.sample, baseline.shards[run[0].shard.index], job.labels,
+                                  job.settings, run)
+            yield from zip(run, sums)
 
     def shutdown(self) -> None:
         """Nothing to release: the compiled evaluators stay cached in this process."""

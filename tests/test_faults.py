@@ -50,12 +50,12 @@ def test_killing_a_worker_process_mid_run_changes_nothing(local_ray, reference_t
     def run():
         outcome["result"] = sensitivity_importance(reference_training.model, sample, executor=executor, **options)
 
-    def progress_hook():  # count finished units from the pool as they come
+    def progress_hook():  # count finished units from the pool as they come (a task is a batch of units)
         original = executor.pool.run
 
         def counting(*args, **kwargs):
             for item in original(*args, **kwargs):
-                finished.append(item[0])
+                finished.extend(getattr(item[0], "units", [item[0]]))
                 yield item
 
         executor.pool.run = counting

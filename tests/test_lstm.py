@@ -305,3 +305,21 @@ def test_batches_of_several_sizes_share_one_trace():
     for n_series in (5, 17, 64):
         batch = series(n_series)
         np.testing.assert_allclose(forward(batch), np.asarray(model(batch)), rtol=1e-6, atol=2e-6)
+
+
+def test_direct_calls_run_the_tf_functions_own_trace_bit_for_bit():
+    import tensorflow as tf
+
+    from rnnimp.forward import direct_calls
+
+    model = randomize(sequential(L.LSTM(4, return_sequences=True), L.GRU(3)), 2)
+    static = keras.Input((2,))
+    sequence = keras.Input((7, 4))
+    two_inputs = keras.Model([sequence, static], L.Dense(2)(L.Concatenate()([L.LSTM(3)(sequence), static])))
+    for build, batches in ((lambda b: model(b, training=False), [series(n) for n in (5, 17, 5)]),
+                           (lambda b: two_inputs(b, training=False),
+                            [[series(n), series(n, 1, 2)[:, 0]] for n in (8, 3, 8)])):
+        compiled = tf.function(build, jit_compile=True, reduce_retracing=True)
+        direct = direct_calls(compiled)
+        for batch in batches:  # a new shape, then one seen before
+            np.testing.assert_array_equal(direct(batch).numpy(), compiled(batch).numpy())

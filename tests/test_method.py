@@ -237,3 +237,41 @@ def test_every_perturbation_is_identical_across_shard_sizes(sample, kind, resamp
                                resample=resample)[0] for shard in (8, 24, 90)]
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])
+
+
+# ---- several units of one shard in one call -------------------------------------------------------------
+
+def test_unit_sums_many_is_each_units_own_sums_whatever_it_is_batched_with(sample):
+    from rnnimp.inputs import InputLayout
+    from rnnimp.method import Measures
+
+    masked = sample.copy()
+    masked[::7, 3:, :] = -1.0  # padded last step of some series: real steps differ per batch row
+    layout = Layout.for_sample(90, 16, 48)
+    labels = np.random.default_rng(4).random((90, 4)).astype(np.float32)
+    segments = np.arange(90) % 3
+    measures = Measures((RMS, Metric("mae"), Metric("loss-increase", "mse")), per_output=True,
+                        segment_ids=segments, n_segments=3)
+    inputs = InputLayout.single(4, 3, mask_value=-1.0)
+    targets = [Target("a", (0,)), Target("g", (1, 2))]
+    units = plan_units(6, targets, range(3), layout.shards, steps=[None, 1, 3], resample=True)
+    for perturbation in (noise(0.5, 3), Perturbation("permute")):
+        alone = ShardEvaluator(linear_forward(W), layout.batch_size, inputs=inputs)
+        baselines = [alone.predict(masked, shard) for shard in layout.shards]
+        expected = {u: alone.unit_sums(masked, baselines[u.shard.index], labels, u, perturbation, RMS,
+                                       measures=measures) for u in units}
+        together = ShardEvaluator(linear_forward(W), layout.batch_size, inputs=inputs)
+        for shard in layout.shards:
+            of_shard = [u for u in units if u.shard == shard][::-1]  # another order than the plan's
+            sums = together.unit_sums_many(masked, baselines[shard.index], labels, of_shard, perturbation, RMS,
+                                           measures=measures)
+            assert sums.shape == (len(of_shard), 3, 3 * 3 * 5, 2)  # 3 batches; metrics x segments x (1 + outputs)
+            for unit, unit_sums in zip(of_shard, sums):
+                assert np.array_equal(unit_sums, expected[unit])
+        first = [u for u in units if u.shard.index == 0][:2]
+        plain = together.unit_sums_many(masked, baselines[0], None, first, perturbation, RMS)
+        assert plain.shape == (2, 3, 2)
+        for unit, unit_sums in zip(first, plain):
+            assert np.array_equal(unit_sums, alone.unit_sums(masked, baselines[0], None, unit, perturbation, RMS))
+    with pytest.raises(ValueError, match="share a shard"):
+        together.unit_sums_many(masked, baselines[0], None, [units[0], units[1]], noise(0.5, 3), RMS)

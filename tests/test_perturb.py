@@ -59,3 +59,31 @@ def test_stream_values_are_pinned():
     np.testing.assert_array_equal(
         standard_normal_stream((1, 2), 5, 4),
         [-0.18150899814788515, -0.42782964638856996, 0.6397906786804405, 0.3526430445840789])
+
+
+def fresh_philox_uniforms(key, start, count):
+    """The definition of the stream: a new Philox4x64 keyed by ``key``, advanced to ``start``'s block."""
+    block, offset = divmod(start, 4)
+    bit_generator = np.random.Philox(key=np.array(key, dtype=np.uint64))
+    bit_generator.advance(block)
+    raw = bit_generator.random_raw(offset + count)[offset:] >> np.uint64(11)
+    return (raw.astype(np.float64) + 0.5) * 2.0**-53
+
+
+def test_stream_is_a_fresh_philox_at_any_position_also_far_into_other_inputs_regions():
+    from rnnimp.perturb import NOISE_REGION, stream_uniforms
+
+    key = (2**64 - 3, 12345)
+    for start in (0, 7, 2**64 + 5, NOISE_REGION + 3, 2 * NOISE_REGION + 2**70 + 1, 2**255):
+        np.testing.assert_array_equal(stream_uniforms(key, start, 9), fresh_philox_uniforms(key, start, 9))
+
+
+def test_streams_drawn_in_threads_at_once_are_those_drawn_alone():
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [(k, 2 * k + 1) for k in range(8)]
+    alone = [standard_normal_stream(key, 3 * k, 50_000) for k, key in enumerate(keys)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda k: standard_normal_stream(keys[k], 3 * k, 50_000), range(8)))
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a, b)

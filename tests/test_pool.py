@@ -9,12 +9,14 @@ before the result was fetched. ``hooks`` run a fault at the N-th wait.
 
 from __future__ import annotations
 
+import collections
 import itertools
 
 import pytest
 
 from rnnimp import cli
-from rnnimp.distributed import ActorPool, LostActor, LostObject, exit_detail
+from rnnimp.distributed import (CALL_SAMPLE_STEPS, CALLS_PER_WORKER, ActorPool, LostActor, LostObject, exit_detail,
+                                 unit_batches, unit_cost)
 from rnnimp.errors import WorkersLostError
 
 OOM_DETAIL = "Task was killed due to the node running low on memory."
@@ -331,3 +333,93 @@ def test_driver_lane_shares_work_while_an_actor_is_missing_and_stops_once_all_ar
     everyone.wait_until_ready()
     never = lambda task: pytest.fail("the driver lane ran with every actor live")  # noqa: E731
     assert run_all(everyone, range(12), local=never) == {task: task * 10 for task in range(12)}
+
+
+# ---- batches of units: one actor call each ----------------------------------------------------------------
+
+def test_unit_batches_hold_every_unit_once_one_shard_each_and_about_a_calls_work():
+    from rnnimp.method import Layout, Target, plan_units
+
+    layout = Layout.for_sample(1000, 100, 500)  # 2 shards of 5 batches
+    units = plan_units(0, [Target("a", (0,)), Target("b", (1,))], range(30), layout.shards, steps=range(4))
+    cost = unit_cost(layout, 4)
+    assert cost == 5 * (100 * 4 + 2048)
+    batches = unit_batches(units, cost, workers=2)
+    assert collections.Counter(u for b in batches for u in b.units) == collections.Counter(units)
+    assert all(u.shard == batch.shard for batch in batches for u in batch.units)
+    sizes = [len(batch.units) for batch in batches]
+    assert max(sizes) > 1 and max(sizes) * cost <= CALL_SAMPLE_STEPS  # several units, no more than a call's work
+    assert max(sizes) - min(sizes) <= 1 and len(batches) >= CALLS_PER_WORKER * 2
+    firsts = [units.index(batch.units[0]) for batch in batches]
+    assert firsts == sorted(firsts)  # in plan order
+    assert all(list(b.units) == sorted(b.units, key=units.index) for b in batches)
+
+
+def test_units_too_big_to_share_a_call_keep_the_plan_order():
+    from rnnimp.method import Layout, Target, plan_units
+
+    layout = Layout.for_sample(4000, 100, 1000)  # 4 shards
+    units = plan_units(0, [Target("a", (0,)), Target("b", (1,))], range(3), layout.shards)
+    batches = unit_batches(units, CALL_SAMPLE_STEPS, workers=2)
+    assert [batch.units for batch in batches] == [(unit,) for unit in units]
+
+
+def test_unit_batches_keep_every_worker_busy_and_give_a_big_unit_a_call_of_its_own():
+    from rnnimp.method import Layout, Target, plan_units
+
+    layout = Layout.for_sample(100, 10, 100)
+    units = plan_units(0, [Target("a", (0,))], range(10), layout.shards)  # 10 small units of one shard
+    # at most ceil(10 / (CALLS_PER_WORKER x workers)) units a call, cut into equal batches
+    for workers, sizes in ((1, [3, 3, 2, 2]), (2, [2] * 5), (3, [1] * 10)):
+        assert [len(batch.units) for batch in unit_batches(units, unit_cost(layout, 1), workers)] == sizes
+    assert [len(b.units) for b in unit_batches(units, CALL_SAMPLE_STEPS * 2, 1)] == [1] * 10
+    assert unit_batches([], 1, 2) == []
+
+
+def test_a_lost_baseline_shard_is_computed_again_once_for_all_its_batches_in_flight(monkeypatch):
+    """Two batches of shard 0 are in flight with its baseline when that is lost: the first failure computes it
+    again, the second is only resubmitted with the new one; every unit comes back once."""
+    import numpy as np
+
+    from rnnimp.distributed import RayExecutor
+    from rnnimp.method import Layout, Metric, Target, plan_units
+    from rnnimp.perturb import Perturbation
+    from rnnimp.worker import Baseline, EvaluationJob, Settings
+
+    class Method:
+        def __init__(self, actor):
+            self.actor = actor
+
+        def remote(self, model, sample, baseline, labels, settings, units):
+            return FakeRef(self.actor, [np.zeros((1, 2)) for _ in units], lost_object=baseline == "b0")
+
+    class UnitActor(FakeActor):
+        def __init__(self, index):
+            super().__init__(index)
+            self.unit_sums_many = Method(self)
+
+    class UnitBackend(FakeBackend):
+        def start_actor(self):
+            actor = UnitActor(len(self.actors))
+            self.actors.append(actor)
+            return actor
+
+    layout = Layout.for_sample(64, 32, 32)  # 2 shards of one batch
+    units = plan_units(0, [Target("a", (0,)), Target("b", (1,))], range(8), layout.shards)  # 16 per shard
+    settings = Settings(layout, Perturbation("noise", scales=(0.1, 0.1)), Metric())
+    job = EvaluationJob(None, np.zeros((64, 3, 2), np.float32), None, settings)
+    executor = RayExecutor(num_workers=2)
+    executor.pool = ActorPool(2, backend=UnitBackend())
+    executor.pool.wait_until_ready()
+    executor._job, executor._job_refs = job, ("model", "sample", None)  # as if put in the object store
+    executor.timings["units"] = 0.0
+    recomputed = []
+
+    def recompute(job, shard):
+        recomputed.append(shard.index)
+        executor._baseline_shards[shard.index] = f"b{shard.index} again"
+
+    monkeypatch.setattr(executor, "_recompute_baseline", recompute)
+    finished = [unit for unit, _ in executor.evaluate(job, Baseline(("b0", "b1"), 1), units)]
+    assert sorted(finished, key=units.index) == units
+    assert recomputed == [0]
