@@ -213,6 +213,12 @@ def test_a_static_dataset_of_other_series_is_refused(sample, dataset, static_val
         prepare(model, {"seq": dataset, "static": str(tmp_path / "shifted")}, None, Options())
     with pytest.raises(InvalidParameterError, match=r"same number of series"):
         prepare(model, {"seq": sample[:100], "static": str(tmp_path / "shifted")}, None, Options())
+    from rnnimp.dataset import DatasetPlan
+
+    with pytest.raises(InvalidParameterError, match=r"X\['seq'\]: input 'seq' is a sequence input and needs a "
+                                                    r"long-form dataset.*of shape \(150, 2\)"):
+        prepare(model, {"seq": DatasetPlan.open(str(tmp_path / "shifted"), static=True), "static": static_values},
+                None, Options())
     with pytest.raises(InvalidParameterError, match=r"X\['seq'\]: must have a time column"):
         prepare(model, {"seq": str(tmp_path / "shifted"), "static": str(tmp_path / "shifted")}, None, Options())
 
