@@ -3,7 +3,12 @@
 A dataset is a local directory or a ``pyarrow.fs`` URI prefix (``s3://bucket/prefix/``)
 holding Parquet files in the long form :func:`rnnimp.data.load_series` reads: a
 series id column, a time column and one numeric column per feature; rows in any
-order within a file. Every series lies wholly inside one file.
+order within a file. Every series lies wholly inside one file. A static
+input's dataset (``DatasetPlan.open(..., static=True)``) holds one row per
+series instead: the series id column and one column per feature, no time
+column; its shards are float32 (series, features), read the same way (each
+file's rows ordered by id on reading; a repeated id is refused naming the
+file and the id).
 
 Series order: the same as the in-memory reader's, series sorted by id (steps by
 time), so series index ``i`` (0..N-1) is the same series in a dataset run and in

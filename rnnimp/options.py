@@ -387,9 +387,9 @@ class Request:
     ``options``: resolved (names, groups by feature name, max_repeats, the
     effective batch and shard sizes); ``sample`` (series, time, features)
     float32 for a single-input model, else a tuple of one float32 array per
-    model input (see :mod:`rnnimp.inputs`), where a sequence input read from
-    a partitioned dataset is a :class:`~rnnimp.dataset.DatasetInput` (its
-    plan, no rows); ``labels`` (series, outputs)
+    model input (see :mod:`rnnimp.inputs`), where an input read from a
+    partitioned dataset (sequence or static) is a
+    :class:`~rnnimp.dataset.DatasetInput` (its plan, no rows); ``labels`` (series, outputs)
     float32 or None; ``steps[t]``: target t's steps in a time-step map, or
     [None]; ``names`` how errors name the parameters (kept for the checks
     that need the model to run).
