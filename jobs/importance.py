@@ -151,7 +151,13 @@ def dataset_statistics(inputs, mask_values, shards):
     """Per-feature statistics of dataset inputs: one pass on the Ray workers (the driver reads no rows)."""
     from rnnimp import distributed
 
-    return distributed.dataset_moments(inputs, mask_values, shards)
+    try:
+        return distributed.dataset_moments(inputs, mask_values, shards)
+    except Exception as error:  # a worker refused the data (a repeated id...): one line, as the driver would
+        cause = getattr(error, "cause", None)  # ray.exceptions.RayTaskError
+        if isinstance(cause, InvalidParameterError):
+            raise InvalidParameterError(cause.parameter, cause.rule, cause.value) from None
+        raise
 
 
 def open_datasets(paths: dict, model, several: bool, args) -> dict:

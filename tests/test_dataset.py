@@ -429,8 +429,13 @@ def test_static_datasets_with_bad_rows_are_refused(static_values, tmp_path):
     pq.write_table(repeated, folder / "part-00001.parquet")
     plan = DatasetPlan.open(str(folder), static=True)
     with pytest.raises(InvalidParameterError, match=r"one row per series.*series 26 has several rows in "
-                                                    r".*part-00001.parquet"):
+                                                    r".*part-00001.parquet") as refused:
         read_shard(plan, Layout.for_sample(30, 8, 16).shards[0])  # rows 0..15: part of the second file
+    import pickle
+
+    travelled = pickle.loads(pickle.dumps(refused.value))  # as a worker's refusal reaches the driver
+    assert (type(travelled), str(travelled), travelled.value) == (InvalidParameterError, str(refused.value),
+                                                                  refused.value.value)
     write_static_dataset(static_values[:30], str(tmp_path / "x"), series_per_file=10, series_ids=np.arange(30))
     (tmp_path / "x" / "part-00001.parquet").rename(tmp_path / "y.parquet")
     write_static_dataset(static_values[:5], str(tmp_path / "z"), series_per_file=5, series_ids=np.arange(4, 9))

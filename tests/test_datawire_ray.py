@@ -151,6 +151,21 @@ def test_the_job_reads_a_static_input_from_a_dataset(sample, local_dataset, tmp_
     assert list(written["feature"].unique()) == ["x0", "x1", "x2", "s1", "s2", "g"]
     np.testing.assert_array_equal(written["effect"].to_numpy(), expected.effects.ravel())
 
+    import pyarrow as pa
+    from jobtools import call_job
+
+    table = pq.read_table(tmp_path / "static" / "part-00001.parquet")  # one id twice, another missing
+    pq.write_table(pa.concat_tables([table.slice(0, 5), table.slice(3, 1), table.slice(6)]),
+                   tmp_path / "static" / "part-00001.parquet")
+    repeated = table["series"][3].as_py()
+    done = call_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={local_dataset}",
+                    "--data", f"static={tmp_path / 'static'}", "--perturbation", "ablate", "--num-cpus", "2",
+                    "--quiet", "--out", str(tmp_path / "refused"))
+    assert done.returncode == 2, done.stderr
+    assert ("error: --data static: must have one row per series (a static input), got 'series "
+            f"{repeated} has several rows in {tmp_path / 'static' / 'part-00001.parquet'}'") in done.stderr
+    assert "Traceback" not in done.stderr and "RayTaskError" not in done.stderr
+
 
 def test_benchmark_dataset_writes_the_dataset_and_compares_with_the_in_memory_run(tmp_path):
     import json
