@@ -10,9 +10,12 @@ prefix (s3://bucket/prefix/?endpoint_override=HOST:PORT&scheme=http for
 MinIO), every series inside one file; the workers then read it shard by
 shard and the driver reads only its metadata (--shard-cache-mib). A model
 with several inputs takes --data NAME=PATH once per input, NAME being the
-input's name in the model; a static input is a .npy (series, features) or a
-Parquet table with one row per series (series id column + feature columns).
-Parquet series are matched by id across inputs. With a mask value (--mask-value,
+input's name in the model; a static input is a .npy (series, features), a
+Parquet table with one row per series (series id column + feature columns),
+or a partitioned dataset of such tables (a directory or URI prefix; files
+holding disjoint id ranges, one row per id; read by the workers like a
+sequence dataset). Parquet series are matched by id across inputs (a
+dataset's by count and id range; rows in id order). With a mask value (--mask-value,
 or a Keras Masking layer on the input), long-form series may have different
 lengths and are padded with it (--padding post|pre); padded steps are never
 perturbed. The model is loaded in Keras safe mode; any output shape works
@@ -43,7 +46,7 @@ def parse_args(argv: Sequence[str] | None):
     add("--data", required=True, action="append", metavar="[NAME=]PATH",
         help="evaluation data: PATH for a single-input model (.npy (series, time, features) or long-form "
              ".parquet); NAME=PATH once per input of a model with several (static inputs: .npy (series, "
-             "features) or .parquet with one row per series)")
+             "features), .parquet with one row per series, or a dataset of such files)")
     add("--labels", default=None, help="labels for --metric loss-increase: .npy (series, ...) or long-form .parquet")
     add("--series-column", default="series", help="series id column of Parquet input (default: %(default)s)")
     add("--time-column", default="time", help="time column of Parquet input (default: %(default)s)")
@@ -148,13 +151,20 @@ def dataset_statistics(inputs, mask_values, shards):
     """Per-feature statistics of dataset inputs: one pass on the Ray workers (the driver reads no rows)."""
     from rnnimp import distributed
 
-    return distributed.dataset_moments(inputs, mask_values, shards)
+    try:
+        return distributed.dataset_moments(inputs, mask_values, shards)
+    except Exception as error:  # a worker refused the data (a repeated id...): one line, as the driver would
+        cause = getattr(error, "cause", None)  # ray.exceptions.RayTaskError
+        if isinstance(cause, InvalidParameterError):
+            raise InvalidParameterError(cause.parameter, cause.rule, cause.value) from None
+        raise
 
 
 def open_datasets(paths: dict, model, several: bool, args) -> dict:
     """{input name: DatasetPlan} of the --data paths that are directories or URI prefixes (metadata only).
 
-    Partitioned datasets hold sequence inputs; a static input given as one is refused.
+    A sequence input's dataset is in the long form; a static input's holds one
+    row per series (series id column + feature columns).
     """
     from rnnimp.dataset import DatasetPlan, names_dataset
     from rnnimp.inputs import model_input_shapes
@@ -163,13 +173,9 @@ def open_datasets(paths: dict, model, several: bool, args) -> dict:
     for (name, path), shape in zip(paths.items(), model_input_shapes(model)):
         if not names_dataset(path):
             continue
-        parameter = f"--data {name}" if several else "--data"
-        if len(shape) != 2:
-            raise InvalidParameterError(parameter, f"input {name!r} is a static input: give a .npy (series, "
-                                        "features) or a .parquet file with one row per series; partitioned "
-                                        "datasets hold sequence inputs only", path)
-        plans[name] = DatasetPlan.open(path, parameter=parameter, series_column=args.series_column,
-                                       time_column=args.time_column)
+        plans[name] = DatasetPlan.open(path, parameter=f"--data {name}" if several else "--data",
+                                       series_column=args.series_column, time_column=args.time_column,
+                                       static=len(shape) == 1)
     return plans
 
 

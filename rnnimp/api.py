@@ -40,10 +40,11 @@ def sensitivity_importance(
     model with several inputs, ``X`` is a dict {input name: array} (or a
     list in ``model.inputs`` order) of sequence (series, time, features) and
     static (series, features) arrays; padded steps (``mask_value``) are
-    never perturbed (see :mod:`rnnimp.inputs`). ``X`` (or a sequence
-    input's entry) may also be a partitioned long-form Parquet dataset: a
-    directory or ``pyarrow.fs`` URI prefix string, or a
-    ``pyarrow.dataset.Dataset``; the workers then read it shard by shard
+    never perturbed (see :mod:`rnnimp.inputs`). ``X`` (or an input's
+    entry) may also be a partitioned Parquet dataset (long form for a
+    sequence input, one row per series for a static one): a directory or
+    ``pyarrow.fs`` URI prefix string, or a ``pyarrow.dataset.Dataset``; the
+    workers then read it shard by shard
     (see :mod:`rnnimp.dataset`; ``shard_cache_mib`` is each worker's cache).
 
     ``y``: labels (series, ...), one per model output, for the loss-increase

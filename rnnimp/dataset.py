@@ -3,7 +3,12 @@
 A dataset is a local directory or a ``pyarrow.fs`` URI prefix (``s3://bucket/prefix/``)
 holding Parquet files in the long form :func:`rnnimp.data.load_series` reads: a
 series id column, a time column and one numeric column per feature; rows in any
-order within a file. Every series lies wholly inside one file.
+order within a file. Every series lies wholly inside one file. A static
+input's dataset (``DatasetPlan.open(..., static=True)``) holds one row per
+series instead: the series id column and one column per feature, no time
+column; its shards are float32 (series, features), read the same way (each
+file's rows ordered by id on reading; a repeated id is refused naming the
+file and the id).
 
 Series order: the same as the in-memory reader's, series sorted by id (steps by
 time), so series index ``i`` (0..N-1) is the same series in a dataset run and in
@@ -107,6 +112,7 @@ class DatasetPlan:
     series_column: str = "series"
     time_column: str = "time"
     parameter: str = "--data"
+    static: bool = False  # a static input: one row per series, no time column (``times`` is empty)
 
     @property
     def n_series(self) -> int:
@@ -121,22 +127,34 @@ class DatasetPlan:
         return len(self.feature_names)
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """The (series, time, features) shape of the whole sample."""
-        return self.n_series, self.n_time, self.n_features
+    def row_shape(self) -> tuple[int, ...]:
+        """One series' shape: (time, features), or (features,) for a static input."""
+        return (self.n_features,) if self.static else (self.n_time, self.n_features)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of the whole sample: (series, time, features), or (series, features) for a static input."""
+        return (self.n_series, *self.row_shape)
 
     @property
     def nbytes(self) -> int:
         """Bytes of the whole sample as float32."""
-        return 4 * self.n_series * self.n_time * self.n_features
+        return 4 * self.n_series * math.prod(self.row_shape)
 
     @classmethod
     def open(cls, source: str | pads.FileSystemDataset, *, parameter: str = "--data",
-             series_column: str = "series", time_column: str = "time") -> "DatasetPlan":
-        """Plan the dataset at ``source`` (directory, URI prefix or pyarrow dataset) from its metadata."""
+             series_column: str = "series", time_column: str = "time", static: bool = False) -> "DatasetPlan":
+        """Plan the dataset at ``source`` (directory, URI prefix or pyarrow dataset) from its metadata.
+
+        ``static``: the dataset holds a static input, one row per series (the
+        series id column and one column per feature, no time column).
+        """
         filesystem, paths, location = _list_files(parameter, source)
         footers = [_footer(parameter, filesystem, path) for path in paths]  # one read per file
         schema = _common_schema(parameter, paths, footers)
+        if static:
+            return cls._open_static(parameter, filesystem, paths, location, footers, schema, series_column,
+                                    time_column)
         for column, role, kinds in ((series_column, "series id", ID_KINDS), (time_column, "time", TIME_KINDS)):
             if column not in schema.names:
                 raise InvalidParameterError(parameter, f"must have a {role} column named {column!r}", schema.names)
@@ -166,6 +184,38 @@ class DatasetPlan:
         return cls(location, filesystem, tuple(files), schema, feature_names, tuple(times),
                    series_column, time_column, parameter)
 
+    @classmethod
+    def _open_static(cls, parameter: str, filesystem: pafs.FileSystem, paths: Sequence[str], location: str,
+                     footers: Sequence[pq.FileMetaData], schema: pa.Schema, series_column: str,
+                     time_column: str) -> "DatasetPlan":
+        """The plan of a static input's dataset: each file's rows are its series (one row per id, checked
+        by the workers when they read it), files ordered by their smallest id."""
+        if series_column not in schema.names:
+            raise InvalidParameterError(parameter, f"must have a series id column named {series_column!r}",
+                                        schema.names)
+        if not ID_KINDS[0](schema.field(series_column).type):
+            raise InvalidParameterError(parameter, f"column {series_column!r} must hold {ID_KINDS[1]}",
+                                        str(schema.field(series_column).type))
+        if time_column in schema.names:
+            raise InvalidParameterError(parameter, f"is for a static input and needs one row per series, without a "
+                                        f"{time_column!r} column", schema.names)
+        feature_names = tuple(name for name in schema.names if name != series_column)
+        if not feature_names:
+            raise InvalidParameterError(parameter, f"must have value columns besides {series_column!r}",
+                                        schema.names)
+        entries = [_describe_file(parameter, filesystem, path, footer, schema.get_field_index(series_column),
+                                  series_column) for path, footer in zip(paths, footers)]
+        entries.sort(key=lambda entry: entry[2])  # by smallest id
+        for (previous, _, _, previous_max, _), (path, _, min_id, _, _) in zip(entries, entries[1:]):
+            if not previous_max < min_id:
+                _refuse_overlap(parameter, filesystem, previous, path, series_column)
+        files, first = [], 0
+        for path, n_rows, min_id, max_id, n_groups in entries:
+            files.append(DatasetFile(path, n_rows, n_rows, first, min_id, max_id, n_groups))
+            first += n_rows
+        return cls(location, filesystem, tuple(files), schema, feature_names, (), series_column, time_column,
+                   parameter, static=True)
+
     def pieces(self, shard: Shard) -> list[Piece]:
         """The file ranges that hold series ``shard.start .. shard.stop-1``, in order."""
         if not 0 <= shard.start < shard.stop <= self.n_series:
@@ -182,7 +232,7 @@ class DatasetPlan:
         return pieces
 
     def shard_nbytes(self, shard: Shard) -> int:
-        return 4 * (shard.stop - shard.start) * self.n_time * self.n_features
+        return 4 * (shard.stop - shard.start) * math.prod(self.row_shape)
 
 
 def _list_files(parameter: str, source: str | pads.FileSystemDataset) -> tuple[pafs.FileSystem, list[str], str]:
@@ -323,10 +373,14 @@ def _wrong_series_count(plan: DatasetPlan, file: DatasetFile, found: int) -> Non
 
 
 def read_shard(plan: DatasetPlan, shard: Shard) -> np.ndarray:
-    """Series ``shard.start .. shard.stop-1`` as C-contiguous float32 (series, time, features).
+    """Series ``shard.start .. shard.stop-1`` as C-contiguous float32 (series, time, features), or
+    (series, features) for a static input.
 
-    Equal to ``load_series`` of the whole data's rows ``shard.start:shard.stop``.
+    Equal to ``load_series`` (static: ``load_input(..., "static")``) of the whole data's rows
+    ``shard.start:shard.stop``.
     """
+    if plan.static:
+        return read_static_shard(plan, shard)
     table = pa.concat_tables([read_piece(plan, piece) for piece in plan.pieces(shard)])
     table = table.select([plan.series_column, plan.time_column, *plan.feature_names])
     array = _in_order_array(plan, table, shard.stop - shard.start)
@@ -342,6 +396,52 @@ def read_shard(plan: DatasetPlan, shard: Shard) -> np.ndarray:
         pieces = plan.pieces(shard)
         _wrong_series_count(plan, plan.files[pieces[0].file], array.shape[0])
     return array
+
+
+def read_static_shard(plan: DatasetPlan, shard: Shard) -> np.ndarray:
+    """Series ``shard.start .. shard.stop-1`` of a static input as C-contiguous float32 (series, features).
+
+    Each file holding part of the shard is read whole (a static file holds one
+    small row per series) and its rows ordered by id (no sort when they
+    already are); a file with a null or repeated id is refused naming the
+    file and the id.
+    """
+    parts = []
+    for piece in plan.pieces(shard):
+        file = plan.files[piece.file]
+        table = _read_table(plan, file.path, None)
+        order = _static_order(plan, file, table[plan.series_column])
+        rows = order[piece.start:piece.stop]
+        values = np.empty((len(rows), plan.n_features), dtype=np.float32)
+        for j, name in enumerate(plan.feature_names):
+            try:
+                values[:, j] = _finite_column(plan.parameter, table[name], name)[rows]
+            except InvalidParameterError as error:
+                raise InvalidParameterError(error.parameter, error.rule, f"{file.path}: {error.value}") from None
+        parts.append(values)
+    return np.ascontiguousarray(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+
+
+def _static_order(plan: DatasetPlan, file: DatasetFile, ids: pa.ChunkedArray) -> np.ndarray:
+    """The row order of a static file by id, int64 (rows,); refused if an id is null or repeated."""
+    if ids.null_count:
+        raise InvalidParameterError(plan.parameter, f"column {plan.series_column!r} must not hold null values",
+                                    f"{file.path} has {ids.null_count} null ids")
+    ids = ids.combine_chunks()
+    if pa.types.is_integer(ids.type):
+        values = ids.to_numpy()
+        order = (np.arange(len(values)) if len(values) < 2 or (values[1:] > values[:-1]).all()
+                 else np.argsort(values, kind="stable"))
+        repeated = np.flatnonzero(values[order][1:] == values[order][:-1])
+    else:
+        order = pc.array_sort_indices(ids).to_numpy()
+        sorted_ids = ids.take(pa.array(order))
+        repeated = np.flatnonzero(pc.equal(sorted_ids[1:], sorted_ids[:-1]).to_numpy(zero_copy_only=False))
+    if repeated.size:
+        duplicate = ids[int(order[repeated[0]])].as_py()
+        raise InvalidParameterError(plan.parameter, "must have one row per series (a static input)",
+                                    f"series {duplicate!r} has several rows in {file.path}")
+    return order
 
 
 def _in_order_array(plan: DatasetPlan, table: pa.Table, n_series: int) -> np.ndarray | None:
@@ -425,7 +525,8 @@ class ShardReader:
             self.evictions += 1
 
     def read(self, shard: Shard) -> np.ndarray:
-        """The shard's series, float32 (series, time, features); read only if not cached. Read only."""
+        """The shard's series, float32 (series, time, features) or (series, features) for a static input;
+        read only if not cached. Read only."""
         key = (shard.start, shard.stop)
         if key in self._cache:
             self.hits += 1
@@ -444,9 +545,10 @@ class ShardReader:
         return array
 
     def rows(self, indices: np.ndarray, shards: Sequence[Shard]) -> np.ndarray:
-        """Series ``indices`` (global, int64 (n,)) as float32 (n, time, features), read shard by shard."""
+        """Series ``indices`` (global, int64 (n,)) as float32 (n, time, features) (static: (n, features)),
+        read shard by shard."""
         indices = np.asarray(indices, dtype=np.int64)
-        result = np.empty((len(indices), self.plan.n_time, self.plan.n_features), dtype=np.float32)
+        result = np.empty((len(indices), *self.plan.row_shape), dtype=np.float32)
         for shard, positions in shards_holding(indices, shards):
             result[positions] = self.read(shard)[indices[positions] - shard.start]
         return result
@@ -456,7 +558,8 @@ class SampleView:
     """The dataset seen as the whole sample, as far as the method reads it, in global series indices.
 
     ``view[start:stop]`` (a contiguous range) and ``view[indices]`` (int
-    array: permutation donors) return float32 (rows, time, features) read
+    array: permutation donors) return float32 (rows, time, features) (a
+    static input: (rows, features)) read
     through ``reader`` shard by shard; ``len``, ``shape``, ``ndim`` and
     ``dtype`` are those of the whole sample. Code written for an in-memory
     sample (``rnnimp.worker.predict_shard``, ``unit_sums``) runs on it
@@ -468,7 +571,7 @@ class SampleView:
         self.reader, self.shards = reader, tuple(shards)
         reader.use_layout(self.shards)
         self.shape = reader.plan.shape
-        self.ndim, self.dtype = 3, np.dtype(np.float32)
+        self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -689,6 +792,52 @@ def write_dataset(
     return written
 
 
+def write_static_dataset(
+    values: np.ndarray,
+    path: str,
+    series_per_file: int,
+    *,
+    feature_names: Sequence[str] | None = None,
+    series_ids: np.ndarray | None = None,
+    rows_per_group: int | None = None,
+    shuffle_seed: int | None = None,
+    series_column: str = "series",
+) -> list[str]:
+    """Write a static input ``values`` (series, features) as a dataset under ``path``: one row per series
+    (``series_column`` and one float32 column per feature); return the files.
+
+    Files, ids, names, row groups and shuffling as in :func:`write_dataset`.
+    """
+    array = np.asarray(values)
+    if array.ndim != 2:
+        raise InvalidParameterError("values", "must have 2 dimensions (series, features)", array.shape)
+    array = validation.finite_float32("values", array)
+    n_series, n_features = array.shape
+    names = validation.distinct_names(
+        "feature_names", [str(n) for n in (feature_names or [f"x{j}" for j in range(n_features)])], n_features,
+        feature_names)
+    if series_column in names:
+        raise InvalidParameterError("feature_names", "must differ from the series column", names)
+    if not (isinstance(series_per_file, (int, np.integer)) and series_per_file >= 1):
+        raise InvalidParameterError("series_per_file", "must be an integer >= 1", series_per_file)
+    ids = np.arange(n_series, dtype=np.int64) if series_ids is None else np.asarray(series_ids)
+    if ids.shape != (n_series,) or (n_series > 1 and not np.all(ids[1:] > ids[:-1])):
+        raise InvalidParameterError("series_ids", f"must be {n_series} increasing ids", ids.shape)
+    filesystem, folder = resolve(path)
+    filesystem.create_dir(folder, recursive=True)
+    rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
+    written = []
+    for number, start in enumerate(range(0, n_series, series_per_file)):
+        stop = min(start + series_per_file, n_series)
+        order = start + (rng.permutation(stop - start) if rng is not None else np.arange(stop - start))
+        columns = {series_column: pa.array(ids[order])}
+        columns.update({name: pa.array(array[order, j]) for j, name in enumerate(names)})
+        file_path = f"{folder}/part-{number:05d}.parquet"
+        pq.write_table(pa.table(columns), file_path, filesystem=filesystem, row_group_size=rows_per_group)
+        written.append(file_path)
+    return written
+
+
 # ---------------------------------------------------------------------------------------------
 # Dataset input: what a run's sample holds in place of an array
 
@@ -712,12 +861,16 @@ class DatasetInput:
     budget_bytes: int
 
     is_dataset = True  # duck-typed marker for modules that must not import this one
-    ndim = 3
     dtype = np.dtype(np.float32)
 
     @property
-    def shape(self) -> tuple[int, int, int]:
+    def shape(self) -> tuple[int, ...]:
+        """(series, time, features), or (series, features) for a static input."""
         return self.plan.shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.plan.shape)
 
     @property
     def nbytes(self) -> int:
@@ -758,15 +911,39 @@ def plan_fingerprint(plan: DatasetPlan) -> str:
     return digest.hexdigest()
 
 
-def open_input(source: Any, budget_bytes: int, *, parameter: str = "--data", series_column: str = "series",
-               time_column: str = "time") -> DatasetInput:
-    """The :class:`DatasetInput` of ``source`` (path, URI prefix, pyarrow dataset or plan), from metadata only."""
+def open_plan(source: Any, *, parameter: str = "--data", series_column: str = "series", time_column: str = "time",
+              static: bool = False) -> DatasetPlan:
+    """The :class:`DatasetPlan` of ``source`` (path, URI prefix, pyarrow dataset or plan), from metadata only.
+
+    ``static``: ``source`` holds a static input (one row per series).
+    """
     if isinstance(source, DatasetPlan):
-        plan = source
-    else:
-        plan = DatasetPlan.open(os.fspath(source) if isinstance(source, os.PathLike) else source,
-                                parameter=parameter, series_column=series_column, time_column=time_column)
+        return source
+    return DatasetPlan.open(os.fspath(source) if isinstance(source, os.PathLike) else source, parameter=parameter,
+                            series_column=series_column, time_column=time_column, static=static)
+
+
+def open_input(source: Any, budget_bytes: int, *, parameter: str = "--data", series_column: str = "series",
+               time_column: str = "time", static: bool = False) -> DatasetInput:
+    """The :class:`DatasetInput` of ``source`` (path, URI prefix, pyarrow dataset or plan), from metadata only."""
+    plan = open_plan(source, parameter=parameter, series_column=series_column, time_column=time_column,
+                     static=static)
     return DatasetInput(plan, plan_fingerprint(plan), int(budget_bytes))
+
+
+def split_budget(plans: Sequence[DatasetPlan], budget_bytes: int) -> list[int]:
+    """Each dataset input's share of a worker's cache budget ``budget_bytes``.
+
+    Static inputs are small (one row per series): each gets what it needs,
+    up to an equal share; the sequence inputs share the rest equally.
+    """
+    if not plans:
+        return []
+    equal = budget_bytes // len(plans)
+    shares = [min(plan.nbytes, equal) if plan.static else 0 for plan in plans]
+    sequences = sum(1 for plan in plans if not plan.static)
+    rest = (budget_bytes - sum(shares)) // sequences if sequences else 0
+    return [share if plan.static else rest for plan, share in zip(plans, shares)]
 
 
 def value_moments(array: np.ndarray, mask_value: float | None = None) -> Moments:

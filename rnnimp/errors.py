@@ -22,6 +22,10 @@ class InvalidParameterError(RnnimpError, ValueError):
         self.value = value
         super().__init__(f"{parameter}: {rule}, got {value!r}")
 
+    def __reduce__(self):
+        """Pickled with its three parts, so that a worker's refusal reaches the driver (Ray pickles it)."""
+        return type(self), (self.parameter, self.rule, self.value)
+
 
 class Names:
     """How errors name parameters: the API's own names, or those of a job's command line.

@@ -253,11 +253,15 @@ def _input_array(parameter: str, name: str, value: Any, declared: tuple[int | No
 
 
 def _dataset_input(where: str, name: str, value: Any, declared: tuple[int | None, ...]) -> Any:
-    """A dataset input checked against the model's input ``name`` (sequence inputs only)."""
-    if len(declared) != 2:
-        raise InvalidParameterError(
-            where, f"input {name!r} is a static input: give it as a .npy (series, features) or a .parquet file with "
-            "one row per series; partitioned datasets hold sequence inputs only", value.plan.location)
+    """A dataset input checked against the model's input ``name``: a sequence dataset (series, time,
+    features) for a sequence input, a static one (series, features; one row per series) for a static input."""
+    if value.ndim != len(declared) + 1:
+        if len(declared) == 1:
+            rule = (f"input {name!r} is a static input and needs a dataset with one row per series (series id "
+                    "column and feature columns, no time column)")
+        else:
+            rule = f"input {name!r} is a sequence input and needs a long-form dataset (series, time, features)"
+        raise InvalidParameterError(where, rule, f"{value.plan.location} of shape {value.shape}")
     if any(d is not None and d != a for d, a in zip(declared, value.shape[1:])):
         shown = ", ".join("None" if d is None else str(d) for d in declared)
         raise InvalidParameterError(where, f"must match the model's input {name!r} shape (series, {shown})",

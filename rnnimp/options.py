@@ -33,7 +33,7 @@ from .method import LOSSES, METRICS, Layout, Measures, Metric, Target
 from . import conditional
 from .conditional import DEFAULT_STRATA
 from .dataset import DEFAULT_CACHE_MIB, DatasetInput, Moments, is_dataset, is_dataset_source, local_moments, \
-    open_input, value_moments
+    open_input, open_plan, split_budget, value_moments
 from .perturb import PERTURBATIONS as _PERTURB_KINDS, Perturbation
 
 CONDITIONAL = "conditional-permute"
@@ -387,9 +387,9 @@ class Request:
     ``options``: resolved (names, groups by feature name, max_repeats, the
     effective batch and shard sizes); ``sample`` (series, time, features)
     float32 for a single-input model, else a tuple of one float32 array per
-    model input (see :mod:`rnnimp.inputs`), where a sequence input read from
-    a partitioned dataset is a :class:`~rnnimp.dataset.DatasetInput` (its
-    plan, no rows); ``labels`` (series, outputs)
+    model input (see :mod:`rnnimp.inputs`), where an input read from a
+    partitioned dataset (sequence or static) is a
+    :class:`~rnnimp.dataset.DatasetInput` (its plan, no rows); ``labels`` (series, outputs)
     float32 or None; ``steps[t]``: target t's steps in a time-step map, or
     [None]; ``names`` how errors name the parameters (kept for the checks
     that need the model to run).
@@ -580,36 +580,59 @@ def options_from_keywords(options: Mapping[str, Any]) -> Options:
         raise InvalidParameterError("options", "must be fields of rnnimp.api.Options", str(error)) from None
 
 
-def open_datasets(X: Any, cache_mib: int, names: Names = API_NAMES) -> Any:
+def open_datasets(X: Any, cache_mib: int, names: Names = API_NAMES, model=None) -> Any:
     """``X`` with every dataset source (a directory or URI prefix string, a pyarrow dataset, a
     :class:`~rnnimp.dataset.DatasetPlan`) replaced by its :class:`~rnnimp.dataset.DatasetInput`.
 
-    Only metadata is read. The worker's cache budget ``cache_mib`` is shared
-    equally by the dataset inputs.
+    Only metadata is read. A source for a static input of ``model`` (one
+    taking (batch, features)) is planned as a static dataset, one row per
+    series. The worker's cache budget ``cache_mib`` is shared by the dataset
+    inputs (:func:`rnnimp.dataset.split_budget`).
     """
-    def sources(values) -> int:
-        return sum(1 for value in values if is_dataset_source(value))
-
+    static = _static_inputs(model)
     if isinstance(X, Mapping):
-        count = sources(X.values())
-        return {key: open_input(value, (cache_mib << 20) // count, parameter=f"{names('X')}[{key!r}]")
-                if is_dataset_source(value) else value for key, value in X.items()}
+        keyed = {key: value for key, value in X.items()}
+        where = {key: f"{names('X')}[{key!r}]" for key in keyed}
+        is_static = {key: static.get(str(key), False) for key in keyed}
+    elif isinstance(X, (list, tuple)):
+        keyed = dict(enumerate(X))
+        where = {key: names("X") for key in keyed}
+        kinds = list(static.values())
+        is_static = {key: key < len(kinds) and kinds[key] for key in keyed}
+    else:
+        if not is_dataset_source(X):
+            return X
+        keyed, where, is_static = {0: X}, {0: names("X")}, {0: False}
+    plans = {key: open_plan(value, parameter=where[key], static=is_static[key])
+             for key, value in keyed.items() if is_dataset_source(value)}
+    budgets = dict(zip(plans, split_budget(list(plans.values()), cache_mib << 20)))
+    opened = {key: open_input(plans[key], budgets[key]) if key in plans else value for key, value in keyed.items()}
+    if isinstance(X, Mapping):
+        return opened
     if isinstance(X, (list, tuple)):
-        count = sources(X)
-        return [open_input(value, (cache_mib << 20) // count, parameter=names("X"))
-                if is_dataset_source(value) else value for value in X]
-    return open_input(X, cache_mib << 20, parameter=names("X")) if is_dataset_source(X) else X
+        return [opened[key] for key in range(len(X))]
+    return opened[0]
+
+
+def _static_inputs(model) -> dict[str, bool]:
+    """{input name: whether it is a static input}, in ``model.inputs`` order ({} without a model)."""
+    if model is None:
+        return {}
+    from .inputs import model_input_shapes
+
+    return {name: len(shape) == 1 for name, shape in zip(model_input_names(model), model_input_shapes(model))}
 
 
 def _check_dataset_series(names: Sequence[str], arrays: Sequence[Any], parameter: str) -> None:
-    """Refuse dataset inputs whose series ids differ in range (series are matched by position in id order)."""
+    """Refuse dataset inputs whose series differ in count or id range (series are matched by position in
+    id order), naming both inputs."""
     datasets = [(name, array.plan) for name, array in zip(names, arrays) if is_dataset(array)]
     for (first_name, first), (name, plan) in zip(datasets, datasets[1:]):
         ends, other = (first.files[0].min_id, first.files[-1].max_id), (plan.files[0].min_id, plan.files[-1].max_id)
-        if ends != other:
+        if ends != other or first.n_series != plan.n_series:
             raise InvalidParameterError(
-                f"{parameter} {name}", f"must hold the series of input {first_name!r} (ids {ends[0]!r}..{ends[1]!r})",
-                f"ids {other[0]!r}..{other[1]!r}")
+                f"{parameter} {name}", f"must hold the series of input {first_name!r} ({first.n_series} series, "
+                f"ids {ends[0]!r}..{ends[1]!r})", f"{plan.n_series} series, ids {other[0]!r}..{other[1]!r}")
 
 
 def check_options(options: Options, names: Names = API_NAMES) -> tuple[int, float, int | None]:
@@ -658,7 +681,7 @@ def prepare(model, X, y=None, options: Options = Options(), names: Names = API_N
     """
     o, n = options, names
     n_repeats, confidence, max_repeats = check_options(o, n)
-    X = open_datasets(X, o.shard_cache_mib, n)
+    X = open_datasets(X, o.shard_cache_mib, n, model)
     if len(model.inputs) == 1 and len(model.inputs[0].shape) == 3 and not isinstance(X, (dict, list, tuple)):
         sample = X if is_dataset(X) else validation.series_array(n("X"), X)
         _check_model_fits(model, sample, n("X"))

@@ -352,3 +352,106 @@ def test_plan_and_reader_travel_to_workers_by_pickle(dataset, sample, s3):
     write_dataset(sample, uri, series_per_file=100)
     remote = pickle.loads(pickle.dumps(DatasetPlan.open(uri)))
     np.testing.assert_array_equal(read_shard(remote, Layout.for_sample(N_SERIES, 16, 32).shards[3]), sample[96:128])
+
+
+# ---------------------------------------------------------------------------------------------
+# Static inputs: one row per series
+
+
+@pytest.fixture(scope="module")
+def static_values():
+    rng = np.random.default_rng(6)
+    return (rng.normal(size=(N_SERIES, 2)) * [1e4, 1e-2] + [3.0, -7.0]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def static_dataset(static_values, ids, tmp_path_factory):
+    """Files of 60 series (shards of 32 cross file boundaries), row groups of 25, rows shuffled."""
+    from rnnimp.dataset import write_static_dataset
+
+    folder = str(tmp_path_factory.mktemp("static") / "data")
+    write_static_dataset(static_values, folder, series_per_file=60, series_ids=ids, rows_per_group=25,
+                         shuffle_seed=2, feature_names=["s1", "s2"])
+    return folder
+
+
+def test_static_plan_reads_footers_only(static_dataset, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the plan read a column")
+
+    monkeypatch.setattr(pq.ParquetFile, "read", refuse)
+    monkeypatch.setattr(pads, "dataset", refuse)
+    plan = DatasetPlan.open(static_dataset, static=True)
+    assert plan.static and plan.shape == (N_SERIES, 2) and plan.nbytes == 4 * N_SERIES * 2
+    assert plan.feature_names == ("s1", "s2") and plan.times == ()
+    assert [f.n_series for f in plan.files] == [60, 60, 60, 50]
+    assert [f.first_series for f in plan.files] == [0, 60, 120, 180]
+
+
+@pytest.mark.parametrize("shard_size", [16, 64, 230])
+def test_static_shards_equal_the_in_memory_static_input(static_dataset, static_values, shard_size, tmp_path):
+    """Shards read back equal the in-memory reader's array of all the files' rows (in id order)."""
+    from rnnimp.data import load_input
+
+    table = pa.concat_tables(pq.read_table(f"{static_dataset}/{name}") for name in sorted(os.listdir(static_dataset)))
+    pq.write_table(table, tmp_path / "all.parquet")
+    loaded = load_input(str(tmp_path / "all.parquet"), "static")
+    np.testing.assert_array_equal(loaded.array, static_values)
+    plan = DatasetPlan.open(static_dataset, static=True)
+    shards = Layout.for_sample(N_SERIES, 16, shard_size).shards
+    parts = [read_shard(plan, shard) for shard in shards]
+    assert all(part.dtype == np.float32 and part.flags.c_contiguous for part in parts)
+    np.testing.assert_array_equal(np.concatenate(parts), loaded.array)
+
+
+def test_static_view_reads_rows_and_donors_through_the_cache(static_dataset, static_values):
+    from rnnimp.dataset import SampleView
+
+    plan = DatasetPlan.open(static_dataset, static=True)
+    shards = Layout.for_sample(N_SERIES, 16, 32).shards
+    reader = ShardReader(plan, budget_bytes=plan.nbytes)
+    view = SampleView(reader, shards)
+    assert (view.shape, view.ndim, len(view)) == ((N_SERIES, 2), 2, N_SERIES)
+    np.testing.assert_array_equal(view[40:70], static_values[40:70])
+    sources = permutation((3, 1), N_SERIES)
+    np.testing.assert_array_equal(view[sources], static_values[sources])
+    assert reader.misses == len(shards) and reader.hits > 0
+    assert combine([Moments.of(reader.read(s)) for s in shards]) == Moments.of(static_values)
+
+
+def test_static_datasets_with_bad_rows_are_refused(static_values, tmp_path):
+    from rnnimp.dataset import write_static_dataset
+
+    folder = tmp_path / "dup"
+    write_static_dataset(static_values[:30], str(folder), series_per_file=10, series_ids=np.arange(30) * 2)
+    table = pq.read_table(folder / "part-00001.parquet")
+    repeated = pa.concat_tables([table, table.slice(3, 1)])  # series 26 twice
+    pq.write_table(repeated, folder / "part-00001.parquet")
+    plan = DatasetPlan.open(str(folder), static=True)
+    with pytest.raises(InvalidParameterError, match=r"one row per series.*series 26 has several rows in "
+                                                    r".*part-00001.parquet") as refused:
+        read_shard(plan, Layout.for_sample(30, 8, 16).shards[0])  # rows 0..15: part of the second file
+    import pickle
+
+    travelled = pickle.loads(pickle.dumps(refused.value))  # as a worker's refusal reaches the driver
+    assert (type(travelled), str(travelled), travelled.value) == (InvalidParameterError, str(refused.value),
+                                                                  refused.value.value)
+    write_static_dataset(static_values[:30], str(tmp_path / "x"), series_per_file=10, series_ids=np.arange(30))
+    (tmp_path / "x" / "part-00001.parquet").rename(tmp_path / "y.parquet")
+    write_static_dataset(static_values[:5], str(tmp_path / "z"), series_per_file=5, series_ids=np.arange(4, 9))
+    (tmp_path / "z" / "part-00000.parquet").rename(tmp_path / "x" / "part-00009.parquet")
+    with pytest.raises(InvalidParameterError, match=r"wholly inside one file.*series 4 is in"):
+        DatasetPlan.open(str(tmp_path / "x"), static=True)
+    names = tmp_path / "ids"
+    write_static_dataset(static_values[:4], str(names), series_per_file=4, series_ids=np.array(["a", "b", "c", "d"]))
+    table = pq.read_table(names / "part-00000.parquet")
+    pq.write_table(table.set_column(0, "series", pa.array(["a", "c", "b", "c"])), names / "part-00000.parquet")
+    with pytest.raises(InvalidParameterError, match=r"series 'c' has several rows in .*part-00000.parquet"):
+        read_shard(DatasetPlan.open(str(names), static=True), Layout.for_sample(4, 4, 4).shards[0])
+    with pytest.raises(InvalidParameterError, match="static input and needs one row per series, without a 'time'"):
+        DatasetPlan.open(_long_form(tmp_path), static=True)
+
+
+def _long_form(tmp_path) -> str:
+    write_dataset(np.zeros((4, 2, 2), np.float32), str(tmp_path / "long"), series_per_file=4)
+    return str(tmp_path / "long")

@@ -154,15 +154,84 @@ def test_a_dataset_input_beside_an_in_memory_static_input(sample, dataset):
         prepare(model, {"seq": dataset, "static": dataset}, None, Options())
 
 
-def test_the_job_refuses_a_static_input_from_a_dataset(sample, dataset, tmp_path):
+@pytest.fixture(scope="module")
+def static_values():
+    rng = np.random.default_rng(21)
+    return (rng.normal(size=(N_SERIES, 2)) * [3.0, 0.1] + [5.0, -2.0]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def static_dataset(static_values, tmp_path_factory):
+    """The dataset fixture's ids, files of 35 series (not the sequence files' 40), shuffled rows."""
+    from rnnimp.dataset import write_static_dataset
+
+    folder = str(tmp_path_factory.mktemp("dws") / "static")
+    write_static_dataset(static_values, folder, series_per_file=35, series_ids=np.arange(N_SERIES) * 3 + 7,
+                         rows_per_group=20, shuffle_seed=5, feature_names=["s1", "s2"])
+    return folder
+
+
+STATIC_CASES = {  # every case has a group mixing a sequence feature and a static one
+    "noise-relative": dict(perturbation="noise", noise_relative=0.5, groups={"g": [1, 4]}),
+    "ablate-mean": dict(perturbation="ablate", groups={"g": [0, 3]}),
+    "permute": dict(perturbation="permute", groups={"g": [2, 3]}, resample=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STATIC_CASES))
+def test_a_static_dataset_gives_the_in_memory_effects(sample, dataset, static_values, static_dataset, case):
+    model = two_input_model()
+    options = dict(n_repeats=2, batch_size=16, shard_size=32, random_state=5, **STATIC_CASES[case])
+    expected = sensitivity_importance(model, {"seq": sample, "static": static_values}, **options)
+    for X in ({"seq": dataset, "static": static_dataset}, {"seq": sample, "static": pads.dataset(static_dataset)}):
+        result = sensitivity_importance(model, X, **options)
+        np.testing.assert_array_equal(result.effects, expected.effects)
+        assert result.metadata["configuration"] == expected.metadata["configuration"]
+
+
+def test_static_dataset_statistics_and_cache_share(dataset, static_values, static_dataset):
+    model = two_input_model()
+    request = prepare(model, {"seq": dataset, "static": static_dataset}, None,
+                      Options(perturbation="ablate", batch_size=16, shard_size=32, shard_cache_mib=1))
+    seq, static = request.sample
+    assert static.shape == (N_SERIES, 2) and static.ndim == 2 and request.inputs.kind(1) == "static"
+    assert request.configuration["ablate_values"][3:] == Moments.of(static_values).means().tolist()
+    assert static.budget_bytes == static.nbytes and seq.budget_bytes == (1 << 20) - static.nbytes
+
+
+def test_a_static_dataset_of_other_series_is_refused(sample, dataset, static_values, tmp_path):
+    from rnnimp.dataset import write_static_dataset
+
+    model = two_input_model()
+    write_static_dataset(static_values[1:], str(tmp_path / "fewer"), 50, series_ids=np.arange(1, N_SERIES) * 3 + 7)
+    with pytest.raises(InvalidParameterError, match=r"X: must hold the same number of series in every input, "
+                                                    r"got 'seq: 150, static: 149'"):
+        prepare(model, {"seq": dataset, "static": str(tmp_path / "fewer")}, None, Options())
+    write_static_dataset(static_values, str(tmp_path / "shifted"), 50, series_ids=np.arange(N_SERIES) * 3 + 8)
+    with pytest.raises(InvalidParameterError, match=r"X static: must hold the series of input 'seq' \(150 series, "
+                                                    r"ids 7..454\), got '150 series, ids 8..455'"):
+        prepare(model, {"seq": dataset, "static": str(tmp_path / "shifted")}, None, Options())
+    with pytest.raises(InvalidParameterError, match=r"same number of series"):
+        prepare(model, {"seq": sample[:100], "static": str(tmp_path / "shifted")}, None, Options())
+    from rnnimp.dataset import DatasetPlan
+
+    with pytest.raises(InvalidParameterError, match=r"X\['seq'\]: input 'seq' is a sequence input and needs a "
+                                                    r"long-form dataset.*of shape \(150, 2\)"):
+        prepare(model, {"seq": DatasetPlan.open(str(tmp_path / "shifted"), static=True), "static": static_values},
+                None, Options())
+    with pytest.raises(InvalidParameterError, match=r"X\['seq'\]: must have a time column"):
+        prepare(model, {"seq": str(tmp_path / "shifted"), "static": str(tmp_path / "shifted")}, None, Options())
+
+
+def test_the_job_refuses_a_long_form_dataset_for_a_static_input(dataset, tmp_path):
     from jobtools import call_job
 
     two_input_model().save(tmp_path / "two.keras")
     done = call_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={dataset}",
-                    "--data", f"static={dataset}", "--out", str(tmp_path / "out"))
+                    "--data", f"static={dataset}", "--out", str(tmp_path / "bad"))
     assert done.returncode == 2
-    assert "--data static: input 'static' is a static input" in done.stderr
-    assert not (tmp_path / "out").exists()
+    assert "--data static: is for a static input and needs one row per series, without a 'time' column" in done.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 def test_the_job_refuses_a_static_parquet_input_of_other_series(dataset, tmp_path):

@@ -11,7 +11,7 @@ from rnnimp.api import sensitivity_importance
 from rnnimp.dataset import write_dataset
 from s3server import BUCKET, s3  # noqa: F401  (the session fixture)
 from test_checkpoint import Crash, CrashingExecutor
-from test_datawire import N_SERIES, N_TIME, N_FEATURES, small_lstm
+from test_datawire import N_SERIES, N_TIME, N_FEATURES, small_lstm, two_input_model
 
 OPTIONS = dict(n_repeats=3, batch_size=16, shard_size=32, random_state=7)
 
@@ -128,6 +128,43 @@ def test_job_reads_an_s3_dataset_and_writes_out_to_s3(model, sample, s3_dataset,
     in_memory = pq.read_table(local / "effects.parquet").to_pandas()
     np.testing.assert_array_equal(from_s3["effect"].to_numpy(), in_memory["effect"].to_numpy())
     assert sorted(from_s3["feature"].unique()) == ["g", "x0", "x1", "x2"]
+
+
+def test_the_job_reads_a_static_input_from_a_dataset(sample, local_dataset, tmp_path):
+    """On Ray (workers' moments pass and shard views), seq and static datasets give the API's in-memory effects."""
+    from rnnimp.dataset import write_static_dataset
+
+    static = (np.random.default_rng(13).normal(size=(N_SERIES, 2)) * [3.0, 0.1]).astype(np.float32)
+    write_static_dataset(static, str(tmp_path / "static"), series_per_file=35, rows_per_group=20, shuffle_seed=5,
+                         feature_names=["s1", "s2"])
+    model = two_input_model()
+    model.save(tmp_path / "two.keras")
+    done = run_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={local_dataset}",
+                   "--data", f"static={tmp_path / 'static'}", "--repeats", "2", "--eval-batch-size", "16",
+                   "--shard-size", "32", "--perturbation", "ablate", "--group", "g=x1,s2", "--num-cpus", "2",
+                   "--quiet", "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    written = pq.read_table(tmp_path / "out" / "effects.parquet").to_pandas()
+    expected = sensitivity_importance(model, {"seq": sample, "static": static}, n_repeats=2, batch_size=16,
+                                      shard_size=32, perturbation="ablate", groups={"g": ["x1", "s2"]},
+                                      feature_names={"seq": ["x0", "x1", "x2"], "static": ["s1", "s2"]})
+    assert list(written["feature"].unique()) == ["x0", "x1", "x2", "s1", "s2", "g"]
+    np.testing.assert_array_equal(written["effect"].to_numpy(), expected.effects.ravel())
+
+    import pyarrow as pa
+    from jobtools import call_job
+
+    table = pq.read_table(tmp_path / "static" / "part-00001.parquet")  # one id twice, another missing
+    pq.write_table(pa.concat_tables([table.slice(0, 5), table.slice(3, 1), table.slice(6)]),
+                   tmp_path / "static" / "part-00001.parquet")
+    repeated = table["series"][3].as_py()
+    done = call_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={local_dataset}",
+                    "--data", f"static={tmp_path / 'static'}", "--perturbation", "ablate", "--num-cpus", "2",
+                    "--quiet", "--out", str(tmp_path / "refused"))
+    assert done.returncode == 2, done.stderr
+    assert ("error: --data static: must have one row per series (a static input), got 'series "
+            f"{repeated} has several rows in {tmp_path / 'static' / 'part-00001.parquet'}'") in done.stderr
+    assert "Traceback" not in done.stderr and "RayTaskError" not in done.stderr
 
 
 def test_benchmark_dataset_writes_the_dataset_and_compares_with_the_in_memory_run(tmp_path):
