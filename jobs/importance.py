@@ -107,7 +107,14 @@ def _load_inputs(args, model, mask_value):
     defaults = masking_values(model)
     segments = None
     if args.segment_column is not None:
-        holders = [name for name in input_names if args.segment_column in data.parquet_columns(paths[name])]
+        from rnnimp.dataset import names_dataset
+
+        if all(names_dataset(path) for path in paths.values()):
+            raise InvalidParameterError("--segment-column", "must name a column of a Parquet --data file read in "
+                                        "memory (segments are not read from a dataset directory or prefix)",
+                                        args.segment_column)
+        holders = [name for name in input_names
+                   if not names_dataset(paths[name]) and args.segment_column in data.parquet_columns(paths[name])]
         if not holders:
             raise InvalidParameterError("--segment-column", "must name a column of a Parquet --data file",
                                         args.segment_column)

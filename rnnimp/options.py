@@ -707,6 +707,10 @@ def prepare(model, X, y=None, options: Options = Options(), names: Names = API_N
     segment_ids, segment_labels = resolve_segments(o.segments, n_samples, n("segments"))
     donor_strata = None
     if o.perturbation == CONDITIONAL:
+        if any(is_dataset(array) for array in arrays):  # its strata come from every series' values
+            raise InvalidParameterError(n("perturbation"), "must not be conditional-permute for a dataset input "
+                                        "(its strata need every series' values in memory): give the sample as "
+                                        "an array or a .npy/.parquet file", CONDITIONAL)
         donor_strata = conditional_strata(inputs, arrays, targets, o.condition_on, o.strata, feature_names,
                                           segment_ids, n)
     elif o.condition_on is not None:

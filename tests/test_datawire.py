@@ -104,6 +104,12 @@ def test_bad_dataset_input_is_refused(model, tmp_path):
         prepare(model, str(tmp_path / "long"), None, Options(shard_cache_mib=0))
 
 
+def test_conditional_permutation_of_a_dataset_is_refused_naming_the_rule(model, dataset, sample):
+    with pytest.raises(InvalidParameterError, match="perturbation: must not be conditional-permute for a dataset"):
+        prepare(model, dataset, None, Options(perturbation="conditional-permute", condition_on=["x2"]))
+    prepare(model, sample, None, Options(perturbation="conditional-permute", condition_on=["x2"]))  # in memory: fine
+
+
 def test_masked_steps_are_left_out_of_the_dataset_statistics(model, sample, tmp_path):
     padded = sample.copy()
     padded[::3, -2:, :] = 0.0  # every third series ends with two padded steps
@@ -245,3 +251,14 @@ def test_the_job_refuses_a_static_parquet_input_of_other_series(dataset, tmp_pat
                     "--data", f"static={tmp_path / 'static.parquet'}", "--out", str(tmp_path / "out"))
     assert done.returncode == 2
     assert "--data static: must hold the series of input 'seq' (150 series, ids 7..454)" in done.stderr
+
+
+def test_the_job_refuses_a_segment_column_of_a_dataset_in_one_line(model, dataset, tmp_path):
+    from jobtools import call_job
+
+    model.save(tmp_path / "m.keras")
+    done = call_job("jobs.importance", "--model", str(tmp_path / "m.keras"), "--data", dataset,
+                    "--segment-column", "region", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "--segment-column: must name a column of a Parquet --data file read in memory" in done.stderr
+    assert not (tmp_path / "out").exists()
