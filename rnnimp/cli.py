@@ -1,8 +1,9 @@
 """Shared command-line plumbing of the jobs: options, checks of --out, the run itself.
 
 The options that need neither model nor data are checked before Ray starts;
-the jobs then start Ray and the workers (:func:`start_workers`), so that they
-import TensorFlow while the driver does, and check the rest (model, data,
+the jobs then start Ray and the workers in a background thread
+(:func:`start_workers`), so that they start while the driver imports
+TensorFlow, and check the rest (model, data,
 --out) before any model runs, stopping Ray again on bad input. An error is
 one line on stderr and exit code 2, and nothing is written to --out.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import threading
 import time
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
@@ -167,50 +169,133 @@ def check_out(out: str, configuration: dict[str, Any], overwrite: bool) -> None:
             "use --overwrite or another folder", out)
 
 
-@dataclasses.dataclass
 class Workers:
-    """A job's Ray connection and worker pool, started before the driver imports TensorFlow.
+    """A job's Ray connection and worker pool, started in a background thread.
 
-    ``started``: perf_counter when the job's clock started (before connecting);
-    ``start_ray_s``: seconds to connect and start the actors (not to wait for them).
+    Connecting (an embedded Ray starts its processes, waiting for each) and
+    starting the actors take seconds, mostly waiting; the thread does it
+    while the driver imports TensorFlow and builds or loads the model and
+    the data. :meth:`ready` waits for the start and re-raises its error (an
+    unreachable ``RAY_ADDRESS``, a GPU share no node can grant) in the
+    caller's thread. The thread then lives on until :meth:`stop`: Linux
+    sends the embedded Ray's processes their parent-death signal
+    (``PR_SET_PDEATHSIG``, Ray's fate sharing) when the *thread* that
+    started them ends, not the process.
+
+    ``started``: perf_counter when the job's clock started (before
+    connecting); ``start_ray_s``: seconds the background start took
+    (connect and start the actors, not wait for them to be live);
+    ``wait_ray_s``: seconds the driver waited for it.
     """
 
-    executor: Any
-    where: str
-    started: float
-    start_ray_s: float
+    def __init__(self, execution: options.Execution) -> None:
+        self.execution = execution
+        self.started = time.perf_counter()
+        self.start_ray_s = 0.0
+        self.wait_ray_s = 0.0
+        self.where = ""
+        self._executor: Any = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()  # the start finished (or failed)
+        self._release = threading.Event()  # Ray is stopped: the thread may end
+        self._thread = threading.Thread(target=self._start, name="rnnimp-ray", daemon=True)
+        self._thread.start()
 
-    def stop(self) -> float:
-        """Stop the workers and disconnect; the seconds it took."""
+    def _start(self) -> None:
         from . import distributed
 
+        try:
+            where = distributed.connect(self.execution.num_cpus, self.execution.connect_timeout)
+            try:
+                distributed.check_gpus(self.execution.gpus_per_worker, "--gpus-per-worker")
+                executor = distributed.RayExecutor(gpus_per_worker=self.execution.gpus_per_worker,
+                                                   driver_lane=not self.execution.workers_only).start()
+                self.where, self._executor = where, executor
+            except BaseException:
+                distributed.shutdown()
+                raise
+        except BaseException as error:  # re-raised in the driver's thread by ready()
+            self._error = error
+        finally:
+            self.start_ray_s = time.perf_counter() - self.started
+            self._done.set()
+        self._release.wait()  # keeps Ray's processes alive: they die with the thread that started them
+
+    def ready(self) -> Any:
+        """The started executor (waiting for the background start); raises what the start raised."""
+        if not self._done.is_set():
+            began = time.perf_counter()
+            self._done.wait()
+            self.wait_ray_s += time.perf_counter() - began
+        if self._error is not None:
+            raise self._error
+        return self._executor
+
+    @property
+    def executor(self) -> Any:
+        return self.ready()
+
+    def stop(self) -> float:
+        """Stop the workers and disconnect (once the background start has finished); the seconds it took."""
+        from . import distributed
+
+        self._done.wait()
         began = time.perf_counter()
-        self.executor.shutdown()
-        distributed.shutdown()
+        try:
+            if self._executor is not None:
+                self._executor.shutdown()
+                self._executor = None
+                distributed.shutdown()
+        finally:
+            self._release.set()
+            self._thread.join()
         return time.perf_counter() - began
 
 
 def start_workers(execution: options.Execution) -> Workers:
-    """Connect to Ray and start the worker actors now; they import TensorFlow while the driver does.
+    """Connect to Ray and start the worker actors in the background; they import TensorFlow while the driver does.
 
-    Called once the options that need no model are checked. The workers
-    compile a model once :func:`execute` knows its architecture; until they
-    are live, the driver computes the run's units itself (the driver lane).
-    Raises (after disconnecting) a share of GPUs no node can grant.
+    Called once the options that need no model are checked; returns at once.
+    The workers compile a model once :func:`execute` knows its architecture;
+    until they are live, the driver computes the run's units itself (the
+    driver lane). A share of GPUs no node can grant is raised (after
+    disconnecting) by :meth:`Workers.ready`.
     """
-    from . import distributed
+    from . import distributed  # imports Ray here: a second thread importing it alongside TensorFlow could deadlock
 
     logs.setup()
-    started = time.perf_counter()
-    where = distributed.connect(execution.num_cpus, execution.connect_timeout)
-    try:
-        distributed.check_gpus(execution.gpus_per_worker, "--gpus-per-worker")
-        executor = distributed.RayExecutor(gpus_per_worker=execution.gpus_per_worker,
-                                           driver_lane=not execution.workers_only).start()
-    except BaseException:
-        distributed.shutdown()
-        raise
-    return Workers(executor, where, started, time.perf_counter() - started)
+    _exit_on_sigterm()
+    _set_tensorflow_environment()
+    return Workers(execution)
+
+
+DRIVER_THREADS = 1  # the driver's TF thread pools, as a worker's: its work is one small op after another
+
+
+def _set_tensorflow_environment() -> None:
+    """Set now the variables ``configure_tensorflow(DRIVER_THREADS)`` will set before the driver imports TensorFlow.
+
+    It then rewrites them with the same values while the Ray thread runs:
+    a new variable reallocates the C environment, which a thread reading it
+    meanwhile could trip on; an existing one is replaced in place.
+    """
+    import os
+
+    if not logs.verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(DRIVER_THREADS)
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (``ray job stop``, a scheduler) exits the driver through ``sys.exit``, so Ray's exit hook stops Ray.
+
+    ``ray.init`` installs the same handler, but only when called from the
+    main thread, and :class:`Workers` calls it from another.
+    """
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
 
 
 def execute(execution: options.Execution, request: options.Request, job_configuration: dict[str, Any],
@@ -227,14 +312,14 @@ def execute(execution: options.Execution, request: options.Request, job_configur
     from .runner import run
 
     workers = start_workers(execution) if workers is None else workers
-    timings: dict[str, float] = {"start_ray": workers.start_ray_s}
     try:
+        executor = workers.ready()
         distributed.check_sizes(request.sample, request.labels, request.settings, architecture_json)
-    except RnnimpError:
+    except BaseException:
         workers.stop()
         raise
-    executor = workers.executor.warm_up(
-        architecture_json, request.settings.layout.batch_size, request.inputs.shapes)
+    timings: dict[str, float] = {"start_ray": workers.start_ray_s, "wait_ray": workers.wait_ray_s}
+    executor.warm_up(architecture_json, request.settings.layout.batch_size, request.inputs.shapes)
     gpus = f" ({execution.gpus_per_worker:g} GPU each)" if execution.gpus_per_worker else ""
     print(f"rnnimp: running on {workers.where} with {len(executor.actors)} workers{gpus}; results go to "
           f"{execution.out}", flush=True)
@@ -264,7 +349,7 @@ def execute(execution: options.Execution, request: options.Request, job_configur
 
 def format_phases(timings: dict[str, float], write_s: float, total_s: float) -> str:
     """One line of wall times per phase, with the fixed overhead (all but training and units)."""
-    order = ["start_ray", "train", "load_model", "wait_workers", "broadcast", "baseline", "units"]
+    order = ["start_ray", "wait_ray", "train", "load_model", "wait_workers", "broadcast", "baseline", "units"]
     phases = {name: timings[name] for name in order if name in timings}
     phases["write"] = write_s
     if "shutdown" in timings:

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -48,6 +49,12 @@ _AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 def _drop_token_notice(record: logging.LogRecord) -> bool:
     """Logging filter: drop Ray's notice that token authentication is on (the default rnnimp keeps)."""
     return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
+
+
+def _drop_thread_notice(record: logging.LogRecord) -> bool:
+    """Logging filter: drop Ray's notice that ``ray.init`` outside the main thread sets no SIGTERM handler
+    (the jobs connect from a background thread and install that handler themselves)."""
+    return "SIGTERM handler is not set" not in record.getMessage()
 
 
 _RAY_WORKER_DIED = "A worker died or was killed while executing a task"
@@ -132,6 +139,8 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
     logging_level = logging.INFO if logs.verbose() else logging.WARNING
     if not logs.verbose():
         _drop_worker_death_notices()
+        if threading.current_thread() is not threading.main_thread():
+            logging.getLogger("ray._private.worker").addFilter(_drop_thread_notice)
     address = os.environ.get("RAY_ADDRESS")
     if address:
         if num_cpus is not None:
@@ -156,6 +165,9 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
     ray.init(
         address="local", num_cpus=num_cpus, include_dashboard=False,
         _node_ip_address="127.0.0.1", logging_level=logging_level,
+        # Ray would start a worker process per CPU ahead of any task; the jobs' actors and tasks carry an
+        # environment of their own (worker_env), so they could never use one, and each costs a CPU-second.
+        _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False},
     )
     _CONNECTED_AS = f"embedded local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
     return _CONNECTED_AS
@@ -186,11 +198,41 @@ def _check_reachable(address: str, timeout_s: float) -> None:
 
 
 def shutdown() -> None:
-    """Disconnect from Ray (stops an embedded local Ray)."""
+    """Disconnect from Ray (stops an embedded local Ray, every one of its processes).
+
+    The embedded Ray's autoscaler monitor is killed first: ``ray.shutdown``
+    stops it after the GCS, and its SIGTERM handler then spends a second
+    trying to report its own end to the GCS that is gone, before Ray kills it.
+    """
     global _CONNECTED_AS
+    embedded = _CONNECTED_AS is not None and _CONNECTED_AS.startswith("embedded")
     _CONNECTED_AS = None
     if ray.is_initialized():
+        if embedded:
+            _kill_monitor()
         ray.shutdown()
+
+
+def _kill_monitor() -> None:
+    """SIGKILL the embedded head's autoscaler monitor (which holds no state) and reap it; nothing if Ray differs."""
+    import subprocess
+
+    try:
+        from ray._private import ray_constants
+        from ray._private import worker as ray_worker
+
+        node = ray_worker._global_node
+        monitors = node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node is not None else []
+    except (ImportError, AttributeError):
+        return
+    for info in monitors:
+        process = getattr(info, "process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            try:
+                process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass  # ray.shutdown tries again
 
 
 def node_resources() -> list[dict]:
