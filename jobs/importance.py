@@ -84,8 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if mask is not None:
             print(f"rnnimp: input {name!r}: steps whose features all equal {mask:g} are padding and are "
                   "not perturbed", flush=True)
-    return cli.execute(execution, request, job, lambda: (model, {"phase": "load_model"}), architecture(model),
-                       workers)
+    return cli.execute(execution, request, job, lambda on_built: (model, {"phase": "load_model"}), architecture(model),
+                       workers, loaded=True)
 
 
 def _load_inputs(args, model, mask_value):

@@ -84,16 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers.stop()
         raise
 
-    def obtain_model():
+    def obtain_model(on_built):
         if loaded is not None:
             return loaded, {"phase": "load_model"}
         trained = reference.train_model(args.random_state, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                                        batch_size=args.train_batch_size)
+                                        batch_size=args.train_batch_size, on_built=on_built)
         print(f"rnnimp: trained the reference LSTM, final loss {trained.final_loss:.4f}", flush=True)
         return trained.model, {"phase": "train",
                                "training": {"final_loss": trained.final_loss, "epoch_losses": list(trained.losses)}}
 
-    return cli.execute(execution, request, job, obtain_model, architecture(shape_model), workers)
+    return cli.execute(execution, request, job, obtain_model, architecture(shape_model), workers,
+                       loaded=loaded is not None)
 
 
 if __name__ == "__main__":

@@ -236,8 +236,12 @@ class Workers:
         return self.ready()
 
     def stop(self) -> float:
-        """Stop the workers and disconnect (once the background start has finished); the seconds it took."""
-        from . import distributed
+        """Stop the workers and disconnect (once the background start has finished); the seconds it took.
+
+        Also hands what the driver compiled to XLA's persistent cache
+        (:func:`rnnimp.xlacache.publish`): call once the driver compiles nothing more.
+        """
+        from . import distributed, xlacache
 
         self._done.wait()
         began = time.perf_counter()
@@ -249,6 +253,7 @@ class Workers:
         finally:
             self._release.set()
             self._thread.join()
+            xlacache.publish()
         return time.perf_counter() - began
 
 
@@ -273,7 +278,8 @@ DRIVER_THREADS = 1  # the driver's TF thread pools, as a worker's: its work is o
 
 
 def _set_tensorflow_environment() -> None:
-    """Set now the variables ``configure_tensorflow(DRIVER_THREADS)`` will set before the driver imports TensorFlow.
+    """Set now the variables ``configure_tensorflow(DRIVER_THREADS)`` will set before the driver imports TensorFlow,
+    and XLA's persistent cache (:func:`rnnimp.xlacache.open_for_driver`).
 
     It then rewrites them with the same values while the Ray thread runs:
     a new variable reallocates the C environment, which a thread reading it
@@ -281,9 +287,12 @@ def _set_tensorflow_environment() -> None:
     """
     import os
 
+    from . import xlacache
+
     if not logs.verbose():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(DRIVER_THREADS)
+    xlacache.open_for_driver()  # TF_XLA_FLAGS: the training and the driver lane load what earlier runs compiled
 
 
 def _exit_on_sigterm() -> None:
@@ -299,23 +308,35 @@ def _exit_on_sigterm() -> None:
 
 
 def execute(execution: options.Execution, request: options.Request, job_configuration: dict[str, Any],
-            obtain_model: Callable[[], tuple[Any, dict[str, Any]]], architecture_json: str,
-            workers: Workers | None = None) -> int:
+            obtain_model: Callable[[Callable[[], None]], tuple[Any, dict[str, Any]]], architecture_json: str,
+            workers: Workers | None = None, loaded: bool = False) -> int:
     """Warm the workers up, obtain the model (train or load), run, write, report; stop the workers.
 
     ``workers``: from :func:`start_workers` (started here if None).
-    ``obtain_model`` returns the model and extra metadata (e.g. training
-    losses); it runs on the driver while the workers compile the model.
+    ``obtain_model(on_built)`` returns the model and extra metadata (e.g.
+    training losses); it runs on the driver while the workers compile the
+    model. It may call ``on_built()`` once the model is built and before it
+    trains: the driver lane then compiles its own forward pass in a thread
+    meanwhile (:class:`DriverWarmUp`). ``loaded``: the model exists already
+    (nothing will be built with seeded weights), so the driver lane compiles
+    at once, while the driver waits for Ray.
     """
     from . import distributed
     from .modelio import model_to_bytes
     from .runner import run
 
     workers = start_workers(execution) if workers is None else workers
+    driver = None if execution.workers_only else DriverWarmUp(architecture_json, request)
+    if driver is not None and loaded:
+        driver.start()  # while the driver waits for Ray; joined before it builds or traces anything itself
     try:
         executor = workers.ready()
+        if driver is not None and loaded:
+            driver.join()
         distributed.check_sizes(request.sample, request.labels, request.settings, architecture_json)
     except BaseException:
+        if driver is not None:
+            driver.join()
         workers.stop()
         raise
     timings: dict[str, float] = {"start_ray": workers.start_ray_s, "wait_ray": workers.wait_ray_s}
@@ -325,8 +346,11 @@ def execute(execution: options.Execution, request: options.Request, job_configur
           f"{execution.out}", flush=True)
     try:
         started = time.perf_counter()
-        model, model_metadata = obtain_model()
+        model, model_metadata = obtain_model(driver.start if driver is not None else lambda: None)
         timings[model_metadata.pop("phase", "load_model")] = time.perf_counter() - started
+        if driver is not None:
+            driver.start()  # if obtain_model did not (a loaded model): compiles now, under the output filter
+            driver.join()
         result = run(model, request, executor=executor, progress=not execution.quiet, checkpoint=execution.out,
                      metadata={"job": job_configuration, **model_metadata, "timings_s": timings})
         if result.metadata["units_from_checkpoint"]:
@@ -336,6 +360,8 @@ def execute(execution: options.Execution, request: options.Request, job_configur
         paths = result.write(execution.out, model_bytes=model_to_bytes(model))
         write_s = time.perf_counter() - started
     finally:
+        if driver is not None:
+            driver.join()  # a compilation still writing its cache entry, before stop() publishes it
         stop_s = workers.stop()
     print()
     print(result.format_summary())
@@ -345,6 +371,48 @@ def execute(execution: options.Execution, request: options.Request, job_configur
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
     return 0
+
+
+class DriverWarmUp:
+    """The driver lane's forward pass, built and compiled in a thread while the driver trains the model.
+
+    The driver lane computes units while the workers start; the first one
+    would compile the forward pass first (seconds), after training. This
+    compiles it beside the training instead, into the same per-process
+    cache the lane then uses (:func:`rnnimp.worker.warm_up`: the
+    architecture and batch shapes, weights set later). While it runs, the
+    driver's own thread must build and trace nothing (see
+    ``reference.train_model``'s ``on_built``): building a Keras model
+    draws its initial weights' seeds from Python's global ``random``,
+    which the training model's seeded build must have to itself, and
+    TensorFlow numbers functions in the order they are traced, which keys
+    XLA's persistent cache. :meth:`join` before the run, so that the lane
+    never compiles the same program twice; a warm-up that failed is left
+    to the lane, which compiles again and raises the error.
+    """
+
+    def __init__(self, architecture_json: str, request: options.Request) -> None:
+        self.arguments = (architecture_json, request.settings.layout.batch_size, request.inputs.shapes,
+                          request.settings.jit_compile)
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._compile, name="rnnimp-driver-warm-up", daemon=True)
+            self.thread.start()
+
+    def _compile(self) -> None:
+        from .worker import warm_up
+
+        try:
+            with logs.filtered_stderr(not logs.verbose()):  # XLA's notes on a program loaded from its cache
+                warm_up(*self.arguments)
+        except Exception:  # the driver lane compiles again and reports it
+            pass
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
 def format_phases(timings: dict[str, float], write_s: float, total_s: float) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
 
-from . import logs, sizes, validation
+from . import logs, sizes, validation, xlacache
 from .errors import InvalidParameterError, WorkersLostError
 from .method import Unit
 from .method import Shard
@@ -66,7 +66,9 @@ def _drop_worker_death_notices() -> None:
     Ray's driver prints the raylet's error messages (and the workers' output)
     through ``ray._private.worker.print_to_stdstream``; this wraps it to drop
     only the lines that start with Ray's "A worker died or was killed"
-    notice. Every other line passes. If Ray's internals differ, nothing changes.
+    notice, and the workers' TensorFlow chatter (:func:`rnnimp.logs.is_chatter`:
+    e.g. XLA's report of each program loaded from its persistent cache).
+    Every other line passes. If Ray's internals differ, nothing changes.
     """
     from ray._private import worker as ray_worker
 
@@ -75,8 +77,10 @@ def _drop_worker_death_notices() -> None:
         return
 
     def print_to_stdstream(data, *args, **kwargs):
-        if data.get("pid") == "raylet" and isinstance(data.get("lines"), list):
-            lines = [line for line in data["lines"] if not str(line).startswith(_RAY_WORKER_DIED)]
+        if isinstance(data.get("lines"), list):
+            raylet = data.get("pid") == "raylet"
+            lines = [line for line in data["lines"] if not logs.is_chatter(str(line))
+                     and not (raylet and str(line).startswith(_RAY_WORKER_DIED))]
             if not lines:
                 return None
             data = {**data, "lines": lines}
@@ -105,8 +109,14 @@ def worker_env(gpus_per_worker: float | None = None) -> dict[str, str]:
     program whose kernels TF launches from its own GPU stream threads, which
     these pools do not limit. More threads would only oversubscribe the CPUs
     shared with the other workers of the node.
+
+    The workers of an embedded Ray get the user's own ``TF_XLA_FLAGS``, not
+    the driver's, which names its private XLA cache folder (:mod:`rnnimp.xlacache`).
     """
     env = {**WORKER_ENV, logs.VERBOSE_ENV: "1" if logs.verbose() else ""}
+    if _CONNECTED_AS is not None and _CONNECTED_AS.startswith("embedded"):
+        # The embedded Ray inherits the driver's TF_XLA_FLAGS, naming its private XLA cache folder: not theirs.
+        env[xlacache.FLAGS_ENV] = xlacache.user_flags()
     if gpus_per_worker:
         env[GPU_GROWTH_ENV] = "true"
     else:
