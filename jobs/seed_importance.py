@@ -57,8 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_options(options, names)
     if args.model is not None:
         check_model_path(args.model, "--model")
-    # Ray and the workers start now: they import TensorFlow while this process does.
-    workers = cli.start_workers(execution)
+    # Ray starts now, in the background, while this process imports TensorFlow; the workers start now too when
+    # the model is loaded, else when cli.execute has seen how large the evaluation is.
+    workers = cli.start_workers(execution, actors=args.model is not None)
     try:
         from rnnimp.modelio import architecture, configure_tensorflow, load_model
 

@@ -182,14 +182,18 @@ class Workers:
     (``PR_SET_PDEATHSIG``, Ray's fate sharing) when the *thread* that
     started them ends, not the process.
 
+    With ``actors=False`` the thread only connects: the actors start when
+    :func:`execute` warms them up (see :data:`SMALL_EVALUATION_STEPS`).
+
     ``started``: perf_counter when the job's clock started (before
     connecting); ``start_ray_s``: seconds the background start took
     (connect and start the actors, not wait for them to be live);
     ``wait_ray_s``: seconds the driver waited for it.
     """
 
-    def __init__(self, execution: options.Execution) -> None:
+    def __init__(self, execution: options.Execution, actors: bool = True) -> None:
         self.execution = execution
+        self.actors = actors
         self.started = time.perf_counter()
         self.start_ray_s = 0.0
         self.wait_ray_s = 0.0
@@ -209,7 +213,9 @@ class Workers:
             try:
                 distributed.check_gpus(self.execution.gpus_per_worker, "--gpus-per-worker")
                 executor = distributed.RayExecutor(gpus_per_worker=self.execution.gpus_per_worker,
-                                                   driver_lane=not self.execution.workers_only).start()
+                                                   driver_lane=not self.execution.workers_only)
+                if self.actors:
+                    executor.start()
                 self.where, self._executor = where, executor
             except BaseException:
                 distributed.shutdown()
@@ -257,21 +263,23 @@ class Workers:
         return time.perf_counter() - began
 
 
-def start_workers(execution: options.Execution) -> Workers:
+def start_workers(execution: options.Execution, actors: bool = True) -> Workers:
     """Connect to Ray and start the worker actors in the background; they import TensorFlow while the driver does.
 
     Called once the options that need no model are checked; returns at once.
     The workers compile a model once :func:`execute` knows its architecture;
     until they are live, the driver computes the run's units itself (the
     driver lane). A share of GPUs no node can grant is raised (after
-    disconnecting) by :meth:`Workers.ready`.
+    disconnecting) by :meth:`Workers.ready`. ``actors=False``: connect only,
+    and let :func:`execute` start the actors (a job that trains its model
+    first, see :data:`SMALL_EVALUATION_STEPS`).
     """
     from . import distributed  # imports Ray here: a second thread importing it alongside TensorFlow could deadlock
 
     logs.setup()
     _exit_on_sigterm()
     _set_tensorflow_environment()
-    return Workers(execution)
+    return Workers(execution, actors)
 
 
 DRIVER_THREADS = 1  # the driver's TF thread pools, as a worker's: its work is one small op after another
@@ -340,14 +348,23 @@ def execute(execution: options.Execution, request: options.Request, job_configur
         workers.stop()
         raise
     timings: dict[str, float] = {"start_ray": workers.start_ray_s, "wait_ray": workers.wait_ray_s}
-    executor.warm_up(architecture_json, request.settings.layout.batch_size, request.inputs.shapes)
-    gpus = f" ({execution.gpus_per_worker:g} GPU each)" if execution.gpus_per_worker else ""
-    print(f"rnnimp: running on {workers.where} with {len(executor.actors)} workers{gpus}; results go to "
-          f"{execution.out}", flush=True)
+    # A small evaluation after a training: the workers start once the model is trained (see SMALL_EVALUATION_STEPS).
+    after_training = not loaded and not execution.workers_only and evaluation_steps(request) < SMALL_EVALUATION_STEPS
+
+    def start_the_workers() -> None:
+        executor.warm_up(architecture_json, request.settings.layout.batch_size, request.inputs.shapes)
+        gpus = f" ({execution.gpus_per_worker:g} GPU each)" if execution.gpus_per_worker else ""
+        print(f"rnnimp: running on {workers.where} with {len(executor.actors)} workers{gpus}; results go to "
+              f"{execution.out}", flush=True)
+
+    if not after_training:
+        start_the_workers()
     try:
         started = time.perf_counter()
         model, model_metadata = obtain_model(driver.start if driver is not None else lambda: None)
         timings[model_metadata.pop("phase", "load_model")] = time.perf_counter() - started
+        if after_training:
+            start_the_workers()
         if driver is not None:
             driver.start()  # if obtain_model did not (a loaded model): compiles now, under the output filter
             driver.join()
@@ -371,6 +388,28 @@ def execute(execution: options.Execution, request: options.Request, job_configur
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
     return 0
+
+
+SMALL_EVALUATION_STEPS = 20_000_000
+"""Below this many sample-steps of forward passes (:func:`evaluation_steps`), a job that trains its model
+starts its worker actors only once the model is trained, not while it trains.
+
+A worker takes seconds of CPU to start (Python, Ray, TensorFlow, the
+compilation); started beside the training, the workers slow it down on a
+machine with few cores. An evaluation this small (the reference model's
+forward pass runs about 9 M sample-steps a second on one thread) the driver
+lane computes in about the time a worker takes to start, so starting them
+early would buy little; a larger one gets its workers at once.
+"""
+
+
+def evaluation_steps(request: options.Request) -> int:
+    """Sample-steps of forward passes the run computes at most: the baseline, and every (target, step, repeat)
+    over the whole sample (up to ``max_repeats`` with adaptive repeats)."""
+    repeats = request.options.max_repeats or request.options.n_repeats
+    passes = 1 + repeats * sum(len(steps) for steps in request.steps)
+    time_steps = max((shape[0] for shape in request.inputs.shapes if len(shape) == 2), default=1)
+    return request.settings.layout.n_samples * time_steps * passes
 
 
 class DriverWarmUp:
