@@ -413,7 +413,8 @@ def evaluation_steps(request: options.Request) -> int:
 
 
 class DriverWarmUp:
-    """The driver lane's forward pass, built and compiled in a thread while the driver trains the model.
+    """The driver lane's forward pass, built and compiled in a thread while the driver trains the model
+    (then the imports the run's end needs, :func:`preload`).
 
     The driver lane computes units while the workers start; the first one
     would compile the forward pass first (seconds), after training. This
@@ -448,10 +449,25 @@ class DriverWarmUp:
                 warm_up(*self.arguments)
         except Exception:  # the driver lane compiles again and reports it
             pass
+        preload()
 
     def join(self) -> None:
         if self.thread is not None:
             self.thread.join()
+
+
+def preload() -> None:
+    """Import what the end of a run needs (scipy's statistics and special functions, matplotlib for the chart).
+
+    About a CPU-second of imports, done here (in :class:`DriverWarmUp`'s
+    thread, while the driver trains) rather than on the driver's path after
+    the units. An import that fails is left to the code that needs it.
+    """
+    for module in ("scipy.special", "scipy.stats", "rnnimp.plots"):
+        try:
+            __import__(module)
+        except Exception:
+            pass
 
 
 def format_phases(timings: dict[str, float], write_s: float, total_s: float) -> str:
