@@ -197,4 +197,4 @@ def match_dataset_series(datasets: dict, loaded: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.exit_process(cli.run(main))
