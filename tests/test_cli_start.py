@@ -96,3 +96,24 @@ def test_evaluation_steps_count_the_baseline_and_every_target_step_and_repeat():
     # The seed job's defaults are far below the threshold: its workers start once the model is trained.
     defaults = prepare(model, reference.evaluation_sample(0, 250), options=Options(n_repeats=30))
     assert cli.evaluation_steps(defaults) < cli.SMALL_EVALUATION_STEPS
+
+
+def test_exit_process_flushes_and_skips_the_teardown(tmp_path):
+    import subprocess
+    import sys
+
+    script = ("import atexit\nfrom rnnimp import cli\natexit.register(lambda: print('teardown ran'))\n"
+              "print('results written', end='')\ncli.exit_process(3)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3
+    assert done.stdout == "results written"  # flushed, and no teardown after it
+
+
+def test_exit_process_exits_normally_while_ray_is_connected(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True))
+    with pytest.raises(SystemExit) as exited:  # Ray's exit hook must run to stop the embedded Ray
+        cli.exit_process(0)
+    assert exited.value.code == 0
