@@ -263,6 +263,27 @@ class Workers:
     def executor(self) -> Any:
         return self.ready()
 
+    def stop_in_background(self) -> Callable[[], float]:
+        """Start :meth:`stop` in a thread; returns a function that waits for it (its seconds, or its error)."""
+        outcome: dict[str, Any] = {}
+
+        def stop() -> None:
+            try:
+                outcome["seconds"] = self.stop()
+            except BaseException as error:
+                outcome["error"] = error
+
+        thread = threading.Thread(target=stop, name="rnnimp-stop-ray", daemon=True)
+        thread.start()
+
+        def wait() -> float:
+            thread.join()
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome["seconds"]
+
+        return wait
+
     def stop(self) -> float:
         """Stop the workers and disconnect (once the background start has finished); the seconds it took.
 
@@ -381,6 +402,7 @@ def execute(execution: options.Execution, request: options.Request, job_configur
 
     if not after_training:
         start_the_workers()
+    stopping: Callable[[], float] | None = None
     try:
         started = time.perf_counter()
         model, model_metadata = obtain_model(driver.start if driver is not None else lambda: None)
@@ -395,13 +417,16 @@ def execute(execution: options.Execution, request: options.Request, job_configur
         if result.metadata["units_from_checkpoint"]:
             print(f"rnnimp: resumed: {result.metadata['units_from_checkpoint']} of "
                   f"{result.metadata['n_units']} units came from the checkpoint in {execution.out}", flush=True)
+        if driver is not None:
+            driver.join()
+        stopping = workers.stop_in_background()  # Ray is done with: it stops while the driver writes
         started = time.perf_counter()
         paths = result.write(execution.out, model_bytes=model_to_bytes(model))
         write_s = time.perf_counter() - started
     finally:
         if driver is not None:
             driver.join()  # a compilation still writing its cache entry, before stop() publishes it
-        stop_s = workers.stop()
+        stop_s = stopping() if stopping is not None else workers.stop()
     print()
     print(result.format_summary())
     print()
