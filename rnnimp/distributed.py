@@ -136,10 +136,11 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
     """Attach to ``RAY_ADDRESS`` if set, else start an embedded local Ray.
 
     Returns a description of where the job runs. The embedded Ray uses
-    127.0.0.1 as its node address, has no dashboard, never attaches to
-    another cluster running on the machine and keeps Ray's token
-    authentication on (its servers listen on all interfaces) unless
-    ``RAY_AUTH_MODE=disabled`` is set. An unreachable ``RAY_ADDRESS`` raises
+    127.0.0.1 as its node address, has no dashboard, prestarts no idle
+    worker process, never attaches to another cluster running on the
+    machine and keeps Ray's token authentication on (its servers listen on
+    all interfaces) unless ``RAY_AUTH_MODE=disabled`` is set. May be called
+    from a thread other than the main one (the jobs do). An unreachable ``RAY_ADDRESS`` raises
     InvalidParameterError after about ``connect_timeout_s`` seconds. Ray's
     informational logs are silenced unless --verbose.
     """
