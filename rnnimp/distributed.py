@@ -139,8 +139,9 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
     127.0.0.1 as its node address, has no dashboard, prestarts no idle
     worker process, never attaches to another cluster running on the
     machine and keeps Ray's token authentication on (its servers listen on
-    all interfaces) unless ``RAY_AUTH_MODE=disabled`` is set. May be called
-    from a thread other than the main one (the jobs do). An unreachable ``RAY_ADDRESS`` raises
+    all interfaces) unless ``RAY_AUTH_MODE=disabled`` is set; if it cannot
+    start, WorkersLostError says why in one line. May be called from a
+    thread other than the main one (the jobs do). An unreachable ``RAY_ADDRESS`` raises
     InvalidParameterError after about ``connect_timeout_s`` seconds. Ray's
     informational logs are silenced unless --verbose.
     """
@@ -173,13 +174,17 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
                     "can run code here", AUTH_MODE_ENV, os.environ[AUTH_MODE_ENV])
     if not logs.verbose():
         logging.getLogger(_AUTH_SETUP_LOGGER).addFilter(_drop_token_notice)
-    ray.init(
-        address="local", num_cpus=num_cpus, include_dashboard=False,
-        _node_ip_address="127.0.0.1", logging_level=logging_level,
-        # Ray would start a worker process per CPU ahead of any task; the jobs' actors and tasks carry an
-        # environment of their own (worker_env), so they could never use one, and each costs a CPU-second.
-        _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False},
-    )
+    try:
+        ray.init(
+            address="local", num_cpus=num_cpus, include_dashboard=False,
+            _node_ip_address="127.0.0.1", logging_level=logging_level,
+            # Ray would start a worker process per CPU ahead of any task; the jobs' actors and tasks carry an
+            # environment of their own (worker_env), so they could never use one, and each costs a CPU-second.
+            _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False},
+        )
+    except Exception as error:  # e.g. its raylet not registered within Ray's 30 s on an overloaded machine
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise WorkersLostError(f"the embedded Ray could not start: {detail}") from error
     _CONNECTED_AS = f"embedded local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
     return _CONNECTED_AS
 
