@@ -71,11 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from rnnimp.modelio import architecture, configure_tensorflow, load_model
 
-        configure_tensorflow(None)
+        configure_tensorflow(cli.DRIVER_THREADS)
         model = load_model(args.model, "--model")
         X, labels, names, segments, several = _load_inputs(args, model, mask_value)
         options = cli.options_from_args(args, JOB, feature_names=names, segments=segments)
-        request = prepare(model, X, labels, options, parameter_names, statistics=dataset_statistics)
+        request = prepare(model, X, labels, options, parameter_names,
+                          statistics=lambda *args: (workers.ready(), dataset_statistics(*args))[1])
         job = {"name": JOB, "model": args.model, "data": args.data if several else args.data[0],
                "labels": args.labels}
         cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)
@@ -86,8 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if mask is not None:
             print(f"rnnimp: input {name!r}: steps whose features all equal {mask:g} are padding and are "
                   "not perturbed", flush=True)
-    return cli.execute(execution, request, job, lambda: (model, {"phase": "load_model"}), architecture(model),
-                       workers)
+    return cli.execute(execution, request, job, lambda on_built: (model, {"phase": "load_model"}), architecture(model),
+                       workers, loaded=True)
 
 
 def _load_inputs(args, model, mask_value):
@@ -155,7 +156,10 @@ def _load_inputs(args, model, mask_value):
 
 
 def dataset_statistics(inputs, mask_values, shards):
-    """Per-feature statistics of dataset inputs: one pass on the Ray workers (the driver reads no rows)."""
+    """Per-feature statistics of dataset inputs: one pass on the Ray workers (the driver reads no rows).
+
+    Needs the job's Ray connection: the job waits for its background start first.
+    """
     from rnnimp import distributed
 
     try:
@@ -206,4 +210,4 @@ def match_dataset_series(datasets: dict, loaded: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.exit_process(cli.run(main))

@@ -57,12 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_options(options, names)
     if args.model is not None:
         check_model_path(args.model, "--model")
-    # Ray and the workers start now: they import TensorFlow while this process does.
-    workers = cli.start_workers(execution)
+    # Ray starts now, in the background, while this process imports TensorFlow; the workers start now too when
+    # the model is loaded, else when cli.execute has seen how large the evaluation is.
+    workers = cli.start_workers(execution, actors=args.model is not None)
     try:
         from rnnimp.modelio import architecture, configure_tensorflow, load_model
 
-        configure_tensorflow(None)
+        configure_tensorflow(cli.DRIVER_THREADS)
         loaded = load_model(args.model, "--model") if args.model else None
         shape_model = loaded if loaded is not None else reference.build_model(args.random_state)
         if tuple(shape_model.input_shape[1:]) != (reference.TIME_STEPS, reference.N_FEATURES):
@@ -84,17 +85,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers.stop()
         raise
 
-    def obtain_model():
+    def obtain_model(on_built):
         if loaded is not None:
             return loaded, {"phase": "load_model"}
         trained = reference.train_model(args.random_state, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                                        batch_size=args.train_batch_size)
+                                        batch_size=args.train_batch_size, on_built=on_built)
         print(f"rnnimp: trained the reference LSTM, final loss {trained.final_loss:.4f}", flush=True)
         return trained.model, {"phase": "train",
                                "training": {"final_loss": trained.final_loss, "epoch_losses": list(trained.losses)}}
 
-    return cli.execute(execution, request, job, obtain_model, architecture(shape_model), workers)
+    return cli.execute(execution, request, job, obtain_model, architecture(shape_model), workers,
+                       loaded=loaded is not None)
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.exit_process(cli.run(main))

@@ -1,8 +1,9 @@
 """Shared command-line plumbing of the jobs: options, checks of --out, the run itself.
 
 The options that need neither model nor data are checked before Ray starts;
-the jobs then start Ray and the workers (:func:`start_workers`), so that they
-import TensorFlow while the driver does, and check the rest (model, data,
+the jobs then start Ray and the workers in a background thread
+(:func:`start_workers`), so that they start while the driver imports
+TensorFlow, and check the rest (model, data,
 --out) before any model runs, stopping Ray again on bad input. An error is
 one line on stderr and exit code 2, and nothing is written to --out.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import threading
 import time
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
@@ -38,6 +40,28 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a job's process with exit ``code`` at once, without the interpreter's teardown.
+
+    With TensorFlow, Keras and Ray loaded, Python's own exit (freeing every
+    module, TensorFlow's destructors) takes one to several seconds after
+    the results are written. A job calls this last, once its results are
+    written and Ray is stopped: output is flushed and the process ends.
+    If a Ray connection is still open (an error stopped the job before it
+    stopped Ray), the normal exit runs instead, whose hook stops Ray.
+    """
+    import logging
+    import os
+
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: True)():
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _OldSpelling(argparse.Action):
@@ -167,91 +191,242 @@ def check_out(out: str, configuration: dict[str, Any], overwrite: bool) -> None:
             "use --overwrite or another folder", out)
 
 
-@dataclasses.dataclass
 class Workers:
-    """A job's Ray connection and worker pool, started before the driver imports TensorFlow.
+    """A job's Ray connection and worker pool, started in a background thread.
 
-    ``started``: perf_counter when the job's clock started (before connecting);
-    ``start_ray_s``: seconds to connect and start the actors (not to wait for them).
+    Connecting (an embedded Ray starts its processes, waiting for each) and
+    starting the actors take seconds, mostly waiting; the thread does it
+    while the driver imports TensorFlow and builds or loads the model and
+    the data. :meth:`ready` waits for the start and re-raises its error (an
+    unreachable ``RAY_ADDRESS``, a GPU share no node can grant) in the
+    caller's thread. The thread then lives on until :meth:`stop`: Linux
+    sends the embedded Ray's processes their parent-death signal
+    (``PR_SET_PDEATHSIG``, Ray's fate sharing) when the *thread* that
+    started them ends, not the process.
+
+    With ``actors=False`` the thread only connects: the actors start when
+    :func:`execute` warms them up (see :data:`SMALL_EVALUATION_STEPS`).
+
+    ``started``: perf_counter when the job's clock started (before
+    connecting); ``start_ray_s``: seconds the background start took
+    (connect and start the actors, not wait for them to be live);
+    ``wait_ray_s``: seconds the driver waited for it.
     """
 
-    executor: Any
-    where: str
-    started: float
-    start_ray_s: float
+    def __init__(self, execution: options.Execution, actors: bool = True) -> None:
+        self.execution = execution
+        self.actors = actors
+        self.started = time.perf_counter()
+        self.start_ray_s = 0.0
+        self.wait_ray_s = 0.0
+        self.where = ""
+        self._executor: Any = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()  # the start finished (or failed)
+        self._release = threading.Event()  # Ray is stopped: the thread may end
+        self._thread = threading.Thread(target=self._start, name="rnnimp-ray", daemon=True)
+        self._thread.start()
 
-    def stop(self) -> float:
-        """Stop the workers and disconnect; the seconds it took."""
+    def _start(self) -> None:
         from . import distributed
 
+        try:
+            where = distributed.connect(self.execution.num_cpus, self.execution.connect_timeout)
+            try:
+                distributed.check_gpus(self.execution.gpus_per_worker, "--gpus-per-worker")
+                executor = distributed.RayExecutor(gpus_per_worker=self.execution.gpus_per_worker,
+                                                   driver_lane=not self.execution.workers_only)
+                if self.actors:
+                    executor.start()
+                self.where, self._executor = where, executor
+            except BaseException:
+                distributed.shutdown()
+                raise
+        except BaseException as error:  # re-raised in the driver's thread by ready()
+            self._error = error
+        finally:
+            self.start_ray_s = time.perf_counter() - self.started
+            self._done.set()
+        self._release.wait()  # keeps Ray's processes alive: they die with the thread that started them
+
+    def ready(self) -> Any:
+        """The started executor (waiting for the background start); raises what the start raised."""
+        if not self._done.is_set():
+            began = time.perf_counter()
+            self._done.wait()
+            self.wait_ray_s += time.perf_counter() - began
+        if self._error is not None:
+            raise self._error
+        return self._executor
+
+    @property
+    def executor(self) -> Any:
+        return self.ready()
+
+    def stop_in_background(self) -> Callable[[], float]:
+        """Start :meth:`stop` in a thread; returns a function that waits for it (its seconds, or its error)."""
+        outcome: dict[str, Any] = {}
+
+        def stop() -> None:
+            try:
+                outcome["seconds"] = self.stop()
+            except BaseException as error:
+                outcome["error"] = error
+
+        thread = threading.Thread(target=stop, name="rnnimp-stop-ray", daemon=True)
+        thread.start()
+
+        def wait() -> float:
+            thread.join()
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome["seconds"]
+
+        return wait
+
+    def stop(self) -> float:
+        """Stop the workers and disconnect (once the background start has finished); the seconds it took.
+
+        Also hands what the driver compiled to XLA's persistent cache
+        (:func:`rnnimp.xlacache.publish`): call once the driver compiles nothing more.
+        """
+        from . import distributed, xlacache
+
+        self._done.wait()
         began = time.perf_counter()
-        self.executor.shutdown()
-        distributed.shutdown()
+        try:
+            if self._executor is not None:
+                self._executor.shutdown()
+                self._executor = None
+                distributed.shutdown()
+        finally:
+            self._release.set()
+            self._thread.join()
+            xlacache.publish()
         return time.perf_counter() - began
 
 
-def start_workers(execution: options.Execution) -> Workers:
-    """Connect to Ray and start the worker actors now; they import TensorFlow while the driver does.
+def start_workers(execution: options.Execution, actors: bool = True) -> Workers:
+    """Connect to Ray and start the worker actors in the background; they import TensorFlow while the driver does.
 
-    Called once the options that need no model are checked. The workers
-    compile a model once :func:`execute` knows its architecture; until they
-    are live, the driver computes the run's units itself (the driver lane).
-    Raises (after disconnecting) a share of GPUs no node can grant.
+    Called once the options that need no model are checked; returns at once.
+    The workers compile a model once :func:`execute` knows its architecture;
+    until they are live, the driver computes the run's units itself (the
+    driver lane). A share of GPUs no node can grant is raised (after
+    disconnecting) by :meth:`Workers.ready`. ``actors=False``: connect only,
+    and let :func:`execute` start the actors (a job that trains its model
+    first, see :data:`SMALL_EVALUATION_STEPS`).
     """
-    from . import distributed
+    from . import distributed  # imports Ray here: a second thread importing it alongside TensorFlow could deadlock
 
     logs.setup()
-    started = time.perf_counter()
-    where = distributed.connect(execution.num_cpus, execution.connect_timeout)
-    try:
-        distributed.check_gpus(execution.gpus_per_worker, "--gpus-per-worker")
-        executor = distributed.RayExecutor(gpus_per_worker=execution.gpus_per_worker,
-                                           driver_lane=not execution.workers_only).start()
-    except BaseException:
-        distributed.shutdown()
-        raise
-    return Workers(executor, where, started, time.perf_counter() - started)
+    _exit_on_sigterm()
+    _set_tensorflow_environment()
+    return Workers(execution, actors)
+
+
+DRIVER_THREADS = 1  # the driver's TF thread pools, as a worker's: its work is one small op after another
+
+
+def _set_tensorflow_environment() -> None:
+    """Set now the variables ``configure_tensorflow(DRIVER_THREADS)`` will set before the driver imports TensorFlow,
+    and XLA's persistent cache (:func:`rnnimp.xlacache.open_for_driver`).
+
+    It then rewrites them with the same values while the Ray thread runs:
+    a new variable reallocates the C environment, which a thread reading it
+    meanwhile could trip on; an existing one is replaced in place.
+    """
+    import os
+
+    from . import xlacache
+
+    if not logs.verbose():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(DRIVER_THREADS)
+    xlacache.open_for_driver()  # TF_XLA_FLAGS: the training and the driver lane load what earlier runs compiled
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (``ray job stop``, a scheduler) exits the driver through ``sys.exit``, so Ray's exit hook stops Ray.
+
+    ``ray.init`` installs the same handler, but only when called from the
+    main thread, and :class:`Workers` calls it from another.
+    """
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
 
 
 def execute(execution: options.Execution, request: options.Request, job_configuration: dict[str, Any],
-            obtain_model: Callable[[], tuple[Any, dict[str, Any]]], architecture_json: str,
-            workers: Workers | None = None) -> int:
+            obtain_model: Callable[[Callable[[], None]], tuple[Any, dict[str, Any]]], architecture_json: str,
+            workers: Workers | None = None, loaded: bool = False) -> int:
     """Warm the workers up, obtain the model (train or load), run, write, report; stop the workers.
 
     ``workers``: from :func:`start_workers` (started here if None).
-    ``obtain_model`` returns the model and extra metadata (e.g. training
-    losses); it runs on the driver while the workers compile the model.
+    ``obtain_model(on_built)`` returns the model and extra metadata (e.g.
+    training losses); it runs on the driver while the workers compile the
+    model. It may call ``on_built()`` once the model is built and before it
+    trains: the driver lane then compiles its own forward pass in a thread
+    meanwhile (:class:`DriverWarmUp`). ``loaded``: the model exists already
+    (nothing will be built with seeded weights), so the driver lane compiles
+    at once, while the driver waits for Ray.
     """
     from . import distributed
     from .modelio import model_to_bytes
     from .runner import run
 
     workers = start_workers(execution) if workers is None else workers
-    timings: dict[str, float] = {"start_ray": workers.start_ray_s}
+    driver = None if execution.workers_only else DriverWarmUp(architecture_json, request)
+    if driver is not None and loaded:
+        driver.start()  # while the driver waits for Ray; joined before it builds or traces anything itself
     try:
+        executor = workers.ready()
+        if driver is not None and loaded:
+            driver.join()
         distributed.check_sizes(request.sample, request.labels, request.settings, architecture_json)
-    except RnnimpError:
+    except BaseException:
+        if driver is not None:
+            driver.join()
         workers.stop()
         raise
-    executor = workers.executor.warm_up(
-        architecture_json, request.settings.layout.batch_size, request.inputs.shapes)
-    gpus = f" ({execution.gpus_per_worker:g} GPU each)" if execution.gpus_per_worker else ""
-    print(f"rnnimp: running on {workers.where} with {len(executor.actors)} workers{gpus}; results go to "
-          f"{execution.out}", flush=True)
+    timings: dict[str, float] = {"start_ray": workers.start_ray_s, "wait_ray": workers.wait_ray_s}
+    # A small evaluation after a training: the workers start once the model is trained (see SMALL_EVALUATION_STEPS).
+    after_training = not loaded and not execution.workers_only and evaluation_steps(request) < SMALL_EVALUATION_STEPS
+
+    def start_the_workers() -> None:
+        executor.warm_up(architecture_json, request.settings.layout.batch_size, request.inputs.shapes)
+        gpus = f" ({execution.gpus_per_worker:g} GPU each)" if execution.gpus_per_worker else ""
+        print(f"rnnimp: running on {workers.where} with {len(executor.actors)} workers{gpus}; results go to "
+              f"{execution.out}", flush=True)
+
+    if not after_training:
+        start_the_workers()
+    stopping: Callable[[], float] | None = None
     try:
         started = time.perf_counter()
-        model, model_metadata = obtain_model()
+        model, model_metadata = obtain_model(driver.start if driver is not None else lambda: None)
         timings[model_metadata.pop("phase", "load_model")] = time.perf_counter() - started
+        if after_training:
+            start_the_workers()
+        if driver is not None:
+            driver.start()  # if obtain_model did not (a loaded model): compiles now, under the output filter
+            driver.join()
         result = run(model, request, executor=executor, progress=not execution.quiet, checkpoint=execution.out,
                      metadata={"job": job_configuration, **model_metadata, "timings_s": timings})
         if result.metadata["units_from_checkpoint"]:
             print(f"rnnimp: resumed: {result.metadata['units_from_checkpoint']} of "
                   f"{result.metadata['n_units']} units came from the checkpoint in {execution.out}", flush=True)
+        if driver is not None:
+            driver.join()
+        stopping = workers.stop_in_background()  # Ray is done with: it stops while the driver writes
         started = time.perf_counter()
         paths = result.write(execution.out, model_bytes=model_to_bytes(model))
         write_s = time.perf_counter() - started
     finally:
-        stop_s = workers.stop()
+        if driver is not None:
+            driver.join()  # a compilation still writing its cache entry, before stop() publishes it
+        stop_s = stopping() if stopping is not None else workers.stop()
     print()
     print(result.format_summary())
     print()
@@ -262,9 +437,89 @@ def execute(execution: options.Execution, request: options.Request, job_configur
     return 0
 
 
+SMALL_EVALUATION_STEPS = 20_000_000
+"""Below this many sample-steps of forward passes (:func:`evaluation_steps`), a job that trains its model
+starts its worker actors only once the model is trained, not while it trains.
+
+A worker takes seconds of CPU to start (Python, Ray, TensorFlow, the
+compilation); started beside the training, the workers slow it down on a
+machine with few cores. An evaluation this small (the reference model's
+forward pass runs about 9 M sample-steps a second on one thread) the driver
+lane computes in about the time a worker takes to start, so starting them
+early would buy little; a larger one gets its workers at once.
+"""
+
+
+def evaluation_steps(request: options.Request) -> int:
+    """Sample-steps of forward passes the run computes at most: the baseline, and every (target, step, repeat)
+    over the whole sample (up to ``max_repeats`` with adaptive repeats)."""
+    repeats = request.options.max_repeats or request.options.n_repeats
+    passes = 1 + repeats * sum(len(steps) for steps in request.steps)
+    time_steps = max((shape[0] for shape in request.inputs.shapes if len(shape) == 2), default=1)
+    return request.settings.layout.n_samples * time_steps * passes
+
+
+class DriverWarmUp:
+    """The driver lane's forward pass, built and compiled in a thread while the driver trains the model
+    (then the imports the run's end needs, :func:`preload`).
+
+    The driver lane computes units while the workers start; the first one
+    would compile the forward pass first (seconds), after training. This
+    compiles it beside the training instead, into the same per-process
+    cache the lane then uses (:func:`rnnimp.worker.warm_up`: the
+    architecture and batch shapes, weights set later). While it runs, the
+    driver's own thread must build and trace nothing (see
+    ``reference.train_model``'s ``on_built``): building a Keras model
+    draws its initial weights' seeds from Python's global ``random``,
+    which the training model's seeded build must have to itself, and
+    TensorFlow numbers functions in the order they are traced, which keys
+    XLA's persistent cache. :meth:`join` before the run, so that the lane
+    never compiles the same program twice; a warm-up that failed is left
+    to the lane, which compiles again and raises the error.
+    """
+
+    def __init__(self, architecture_json: str, request: options.Request) -> None:
+        self.arguments = (architecture_json, request.settings.layout.batch_size, request.inputs.shapes,
+                          request.settings.jit_compile)
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._compile, name="rnnimp-driver-warm-up", daemon=True)
+            self.thread.start()
+
+    def _compile(self) -> None:
+        from .worker import warm_up
+
+        try:
+            with logs.filtered_stderr(not logs.verbose()):  # XLA's notes on a program loaded from its cache
+                warm_up(*self.arguments)
+        except Exception:  # the driver lane compiles again and reports it
+            pass
+        preload()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+
+def preload() -> None:
+    """Import what the end of a run needs (scipy's statistics and special functions, matplotlib for the chart).
+
+    About a CPU-second of imports, done here (in :class:`DriverWarmUp`'s
+    thread, while the driver trains) rather than on the driver's path after
+    the units. An import that fails is left to the code that needs it.
+    """
+    for module in ("scipy.special", "scipy.stats", "rnnimp.plots"):
+        try:
+            __import__(module)
+        except Exception:
+            pass
+
+
 def format_phases(timings: dict[str, float], write_s: float, total_s: float) -> str:
     """One line of wall times per phase, with the fixed overhead (all but training and units)."""
-    order = ["start_ray", "train", "load_model", "wait_workers", "broadcast", "baseline", "units"]
+    order = ["start_ray", "wait_ray", "train", "load_model", "wait_workers", "broadcast", "baseline", "units"]
     phases = {name: timings[name] for name in order if name in timings}
     phases["write"] = write_s
     if "shutdown" in timings:

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
@@ -28,7 +29,7 @@ import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
 
-from . import logs, sizes, validation
+from . import logs, sizes, validation, xlacache
 from .errors import InvalidParameterError, WorkersLostError
 from .method import Shard, Unit
 from .worker import (Baseline, EvaluationJob, cache_stats, input_shapes, peak_rss_bytes, predict_shard,
@@ -52,6 +53,12 @@ def _drop_token_notice(record: logging.LogRecord) -> bool:
     return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
 
 
+def _drop_thread_notice(record: logging.LogRecord) -> bool:
+    """Logging filter: drop Ray's notice that ``ray.init`` outside the main thread sets no SIGTERM handler
+    (the jobs connect from a background thread and install that handler themselves)."""
+    return "SIGTERM handler is not set" not in record.getMessage()
+
+
 _RAY_WORKER_DIED = "A worker died or was killed while executing a task"
 
 
@@ -61,7 +68,9 @@ def _drop_worker_death_notices() -> None:
     Ray's driver prints the raylet's error messages (and the workers' output)
     through ``ray._private.worker.print_to_stdstream``; this wraps it to drop
     only the lines that start with Ray's "A worker died or was killed"
-    notice. Every other line passes. If Ray's internals differ, nothing changes.
+    notice, and the workers' TensorFlow chatter (:func:`rnnimp.logs.is_chatter`:
+    e.g. XLA's report of each program loaded from its persistent cache).
+    Every other line passes. If Ray's internals differ, nothing changes.
     """
     from ray._private import worker as ray_worker
 
@@ -70,8 +79,10 @@ def _drop_worker_death_notices() -> None:
         return
 
     def print_to_stdstream(data, *args, **kwargs):
-        if data.get("pid") == "raylet" and isinstance(data.get("lines"), list):
-            lines = [line for line in data["lines"] if not str(line).startswith(_RAY_WORKER_DIED)]
+        if isinstance(data.get("lines"), list):
+            raylet = data.get("pid") == "raylet"
+            lines = [line for line in data["lines"] if not logs.is_chatter(str(line))
+                     and not (raylet and str(line).startswith(_RAY_WORKER_DIED))]
             if not lines:
                 return None
             data = {**data, "lines": lines}
@@ -100,8 +111,14 @@ def worker_env(gpus_per_worker: float | None = None) -> dict[str, str]:
     program whose kernels TF launches from its own GPU stream threads, which
     these pools do not limit. More threads would only oversubscribe the CPUs
     shared with the other workers of the node.
+
+    The workers of an embedded Ray get the user's own ``TF_XLA_FLAGS``, not
+    the driver's, which names its private XLA cache folder (:mod:`rnnimp.xlacache`).
     """
     env = {**WORKER_ENV, logs.VERBOSE_ENV: "1" if logs.verbose() else ""}
+    if _CONNECTED_AS is not None and _CONNECTED_AS.startswith("embedded"):
+        # The embedded Ray inherits the driver's TF_XLA_FLAGS, naming its private XLA cache folder: not theirs.
+        env[xlacache.FLAGS_ENV] = xlacache.user_flags()
     if gpus_per_worker:
         env[GPU_GROWTH_ENV] = "true"
     else:
@@ -121,10 +138,12 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
     """Attach to ``RAY_ADDRESS`` if set, else start an embedded local Ray.
 
     Returns a description of where the job runs. The embedded Ray uses
-    127.0.0.1 as its node address, has no dashboard, never attaches to
-    another cluster running on the machine and keeps Ray's token
-    authentication on (its servers listen on all interfaces) unless
-    ``RAY_AUTH_MODE=disabled`` is set. An unreachable ``RAY_ADDRESS`` raises
+    127.0.0.1 as its node address, has no dashboard, prestarts no idle
+    worker process, never attaches to another cluster running on the
+    machine and keeps Ray's token authentication on (its servers listen on
+    all interfaces) unless ``RAY_AUTH_MODE=disabled`` is set; if it cannot
+    start, WorkersLostError says why in one line. May be called from a
+    thread other than the main one (the jobs do). An unreachable ``RAY_ADDRESS`` raises
     InvalidParameterError after about ``connect_timeout_s`` seconds. Ray's
     informational logs are silenced unless --verbose.
     """
@@ -134,6 +153,8 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
     logging_level = logging.INFO if logs.verbose() else logging.WARNING
     if not logs.verbose():
         _drop_worker_death_notices()
+        if threading.current_thread() is not threading.main_thread():
+            logging.getLogger("ray._private.worker").addFilter(_drop_thread_notice)
     address = os.environ.get("RAY_ADDRESS")
     if address:
         if num_cpus is not None:
@@ -155,10 +176,17 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
                     "can run code here", AUTH_MODE_ENV, os.environ[AUTH_MODE_ENV])
     if not logs.verbose():
         logging.getLogger(_AUTH_SETUP_LOGGER).addFilter(_drop_token_notice)
-    ray.init(
-        address="local", num_cpus=num_cpus, include_dashboard=False,
-        _node_ip_address="127.0.0.1", logging_level=logging_level,
-    )
+    try:
+        ray.init(
+            address="local", num_cpus=num_cpus, include_dashboard=False,
+            _node_ip_address="127.0.0.1", logging_level=logging_level,
+            # Ray would start a worker process per CPU ahead of any task; the jobs' actors and tasks carry an
+            # environment of their own (worker_env), so they could never use one, and each costs a CPU-second.
+            _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False},
+        )
+    except Exception as error:  # e.g. its raylet not registered within Ray's 30 s on an overloaded machine
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise WorkersLostError(f"the embedded Ray could not start: {detail}") from error
     _CONNECTED_AS = f"embedded local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
     return _CONNECTED_AS
 
@@ -188,11 +216,41 @@ def _check_reachable(address: str, timeout_s: float) -> None:
 
 
 def shutdown() -> None:
-    """Disconnect from Ray (stops an embedded local Ray)."""
+    """Disconnect from Ray (stops an embedded local Ray, every one of its processes).
+
+    The embedded Ray's autoscaler monitor is killed first: ``ray.shutdown``
+    stops it after the GCS, and its SIGTERM handler then spends a second
+    trying to report its own end to the GCS that is gone, before Ray kills it.
+    """
     global _CONNECTED_AS
+    embedded = _CONNECTED_AS is not None and _CONNECTED_AS.startswith("embedded")
     _CONNECTED_AS = None
     if ray.is_initialized():
+        if embedded:
+            _kill_monitor()
         ray.shutdown()
+
+
+def _kill_monitor() -> None:
+    """SIGKILL the embedded head's autoscaler monitor (which holds no state) and reap it; nothing if Ray differs."""
+    import subprocess
+
+    try:
+        from ray._private import ray_constants
+        from ray._private import worker as ray_worker
+
+        node = ray_worker._global_node
+        monitors = node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node is not None else []
+    except (ImportError, AttributeError):
+        return
+    for info in monitors:
+        process = getattr(info, "process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            try:
+                process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass  # ray.shutdown tries again
 
 
 def node_resources() -> list[dict]:

@@ -18,9 +18,9 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+import functools
+
 import numpy as np
-from scipy.special import ndtri
-from scipy.stats import poisson
 
 if TYPE_CHECKING:
     from .inputs import InputLayout
@@ -38,6 +38,8 @@ def standard_normal_stream(key: tuple[int, int], start: int, count: int) -> np.n
     a uniform in (0, 1), mapped through the normal quantile function (scipy's
     ``ndtri``). Returns a float64 array of shape (count,).
     """
+    from scipy.special import ndtri  # imported on first use: the jobs import this module before Ray starts
+
     if start < 0 or count < 0:
         raise ValueError(f"start and count must be >= 0, got {start}, {count}")
     return ndtri(stream_uniforms(key, start, count))
@@ -105,7 +107,12 @@ def permutation(key: tuple[int, int], n_samples: int) -> np.ndarray:
     return np.random.Generator(bit_generator).permutation(n_samples)
 
 
-_POISSON1_CDF = poisson.cdf(np.arange(30), 1.0)
+@functools.cache
+def _poisson1_cdf() -> np.ndarray:
+    """P(Poisson(1) <= k) for k = 0..29, float64 (30,): scipy.stats imported on first use, not with this module."""
+    from scipy.stats import poisson
+
+    return poisson.cdf(np.arange(30), 1.0)
 
 
 def bootstrap_weights(key: tuple[int, int], first_sample: int, n_samples: int) -> np.ndarray:
@@ -117,7 +124,7 @@ def bootstrap_weights(key: tuple[int, int], first_sample: int, n_samples: int) -
     sample's weight does not depend on how the sample was split.
     """
     uniform = stream_uniforms(key, first_sample, n_samples)
-    return np.searchsorted(_POISSON1_CDF, uniform, side="right").astype(np.float64)
+    return np.searchsorted(_poisson1_cdf(), uniform, side="right").astype(np.float64)
 
 
 _THREAD = threading.local()  # each thread's reusable Philox bit generator

@@ -14,6 +14,7 @@ Keras' own loss and Adam; :func:`compare_training` checks it against plain
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -115,7 +116,7 @@ def training_batches(
 
 def train_model(
     seed: int, *, epochs: int = 5, steps_per_epoch: int = 1000, batch_size: int = 5,
-    fast: bool = True,
+    fast: bool = True, on_built: Callable[[], None] | None = None,
 ) -> TrainingResult:
     """Train the reference LSTM: ``epochs`` × ``steps_per_epoch`` batches of fresh series.
 
@@ -126,6 +127,14 @@ def train_model(
     update); otherwise plain Keras ``fit``, one step per call, no XLA. Both
     take the same steps on the same batches; their losses agree to float32
     rounding (see :func:`compare_training`).
+
+    ``on_built()``, if given, is called once the model is built (its
+    initial weights drawn) and its training program traced, before it
+    trains: work started there, in another thread, may build and trace
+    other Keras models and functions without racing the seeded
+    initialisation (Keras draws initialisers' seeds from Python's global
+    ``random``), nor the names TensorFlow numbers its functions with in
+    tracing order (which key XLA's persistent cache).
     """
     import keras
 
@@ -133,10 +142,12 @@ def train_model(
     model = build_model(seed)
     model.compile(optimizer=keras.optimizers.Adam(), loss="binary_crossentropy")
     if fast:
-        step_losses = _train_compiled(model, inputs, targets)
+        step_losses = _train_compiled(model, inputs, targets, on_built)
         losses = tuple(float(np.mean(epoch, dtype=np.float64)) for epoch in step_losses)
     else:
         step_losses = None
+        if on_built is not None:
+            on_built()
         losses = tuple(float(loss) for loss in _fit_epochs(model, inputs, targets))
     del inputs, targets
     release_free_heap()  # the training's buffers, before the evaluation sample is allocated
@@ -224,12 +235,26 @@ def compiled_epoch(model):
     return tf.function(epoch, jit_compile=True, autograph=False)
 
 
-def _train_compiled(model, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Every epoch through :func:`compiled_epoch`; the batch losses, (epochs, steps)."""
+def _train_compiled(model, inputs: np.ndarray, targets: np.ndarray,
+                    on_built: Callable[[], None] | None = None) -> np.ndarray:
+    """Every epoch through :func:`compiled_epoch`; the batch losses, (epochs, steps).
+
+    ``on_built()`` is called once the epoch program is traced, before it is compiled and run.
+    """
+    from . import logs
+
     model.optimizer.build(model.trainable_variables)
     run_epoch = compiled_epoch(model)
-    return np.stack([run_epoch(epoch_inputs, epoch_targets).numpy()
-                     for epoch_inputs, epoch_targets in zip(inputs, targets)])
+    run_epoch.get_concrete_function(inputs[0], targets[0])  # traces it now (XLA compiles at the first call)
+    if on_built is not None:
+        on_built()
+    losses = []
+    for epoch, (epoch_inputs, epoch_targets) in enumerate(zip(inputs, targets)):
+        # The first call compiles the program, or loads it from XLA's persistent cache (which the jobs turn on,
+        # see rnnimp.xlacache), and XLA may report that load in lines the filter drops.
+        with logs.filtered_stderr(epoch == 0 and not logs.verbose()):
+            losses.append(run_epoch(epoch_inputs, epoch_targets).numpy())
+    return np.stack(losses)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,11 @@ bootstrap", The American Statistician 69(4)), which restores the nominal
 coverage (measured in tests/test_stats_coverage.py).
 
 A row with fewer than 2 finite values has NaN bounds and no method (None).
+
+``scipy.stats`` is imported by the functions that use it: the jobs import
+this module (for the option catalogue) before they start Ray, and scipy's
+statistics take most of a CPU-second to import, which the jobs spend while
+the driver trains instead.
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
-from scipy import stats
 
 from . import validation
 from .errors import InvalidParameterError
@@ -113,6 +117,8 @@ def _row_moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def _t_bounds(block: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Student-t bounds of the mean of each row of ``block`` (rows, n >= 2), all finite."""
+    from scipy import stats
+
     means = block.mean(axis=1)
     sems = stats.sem(block, axis=1)
     spread = sems > 0
@@ -126,6 +132,8 @@ def _scipy_bootstrap(block: np.ndarray, **options) -> Any:
     Degenerate BCa bounds come back NaN (scipy warns DegenerateDataWarning);
     the caller detects and replaces them.
     """
+    from scipy import stats
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -134,6 +142,8 @@ def _scipy_bootstrap(block: np.ndarray, **options) -> Any:
 
 def expanded_confidence(confidence: float, n: int) -> float:
     """Hesterberg's expanded level for a bootstrap interval of a mean of ``n`` values (n >= 2)."""
+    from scipy import stats
+
     quantile = stats.t.ppf(0.5 + confidence / 2, df=n - 1) * np.sqrt(n / (n - 1))
     return float(2.0 * stats.norm.cdf(quantile) - 1.0)
 
@@ -227,6 +237,8 @@ def interval(
 
 def rank_descending(means: np.ndarray) -> np.ndarray:
     """Rank 1 for the largest mean; ties share the smallest rank; NaN ranks last. Shape kept."""
+    from scipy import stats
+
     means = np.asarray(means, dtype=np.float64)
     return stats.rankdata(-np.where(np.isnan(means), -np.inf, means), method="min").astype(np.int64)
 
@@ -304,6 +316,8 @@ def rank_probabilities(effects: np.ndarray, names: Sequence[str]) -> pa.Table:
     ``rank``, ``probability`` (NaN if no repeat is complete), ``n_repeats``
     (the complete repeats used).
     """
+    from scipy import stats
+
     effects = _rows(effects, "effects")
     names = _names(names, len(effects))
     n_targets = len(effects)
@@ -344,6 +358,8 @@ def segment_comparisons(
     interval [d, d], p-value 0 if d ≠ 0 else 1, and NaN df. No correction
     for the number of comparisons.
     """
+    from scipy import stats
+
     confidence = validation.open_unit_interval("confidence", confidence)
     values = np.asarray(effects, dtype=np.float64)
     if values.ndim != 3:

@@ -76,3 +76,42 @@ def test_rnnimp_warnings_are_one_prefixed_line(monkeypatch, capsys):
         assert len(logger.handlers) == 1
     finally:
         logger.handlers, logger.propagate, logger.level = saved[0], saved[1], saved[2]
+
+
+XLA_CACHE_NOTES = [  # XLA loading a program from its persistent cache, on a CPU whose target lists tuning preferences
+    "E0000 00:00:1795819341.150993   24672 cpu_aot_loader.cc:220] Loading XLA:CPU AOT result. Target machine "
+    "feature +prefer-no-scatter is not  supported on the host machine. Machine type used for XLA:CPU compilation "
+    "doesn't match the machine type for execution. Compile machine features: [+64bit,+adx] vs host machine "
+    "features: [prfchw,avx]. This could lead to execution errors such as SIGILL.",
+    "E0000 00:00:1795820917.810869    8486 text_format.cc:378] Error parsing text-format "
+    "tensorflow.XlaSerializedCacheEntry: 2:1: Expected identifier, got: 5",
+]
+
+
+def test_xla_cache_notes_are_chatter_but_a_missing_instruction_set_is_not():
+    assert all(logs.is_chatter(line) for line in XLA_CACHE_NOTES)
+    missing_isa = XLA_CACHE_NOTES[0].replace("+prefer-no-scatter", "+avx512f")
+    other_text_format = XLA_CACHE_NOTES[1].replace("XlaSerializedCacheEntry", "GraphDef")
+    assert not logs.is_chatter(missing_isa) and not logs.is_chatter(other_text_format)
+
+
+def test_filtered_stderr_blocks_may_overlap_across_threads(capfd):
+    import threading
+
+    inner_entered, outer_left = threading.Event(), threading.Event()
+
+    def other_thread():
+        with logs.filtered_stderr():
+            inner_entered.set()
+            outer_left.wait(10)
+            os.write(2, (XLA_CACHE_NOTES[1] + "\nkept from the thread\n").encode())
+
+    thread = threading.Thread(target=other_thread)
+    with logs.filtered_stderr():
+        thread.start()
+        inner_entered.wait(10)
+        os.write(2, (CHATTER[1] + "\nkept from the main thread\n").encode())
+    outer_left.set()  # the thread's block outlives this one: the capture stays on until it ends
+    thread.join()
+    os.write(2, b"after both\n")
+    assert capfd.readouterr().err == "kept from the main thread\nkept from the thread\nafter both\n"

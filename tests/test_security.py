@@ -90,3 +90,17 @@ def test_connect_warns_when_the_user_turns_token_authentication_off(fake_ray_ini
         distributed.connect(num_cpus=2)
     assert calls[0]["auth_mode"] == "disabled"  # the user's choice wins
     assert any("Ray token authentication is off (RAY_AUTH_MODE=disabled)" in r.getMessage() for r in caplog.records)
+
+
+def test_an_embedded_ray_that_cannot_start_is_one_line(fake_ray_init, monkeypatch):
+    from rnnimp.errors import WorkersLostError
+
+    distributed, _ = fake_ray_init
+
+    def overloaded(**kwargs):
+        raise Exception("The current node timed out during startup. This could happen because some of the "
+                        "raylet failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.setattr(distributed.ray, "init", overloaded)
+    with pytest.raises(WorkersLostError, match="^the embedded Ray could not start: The current node timed out"):
+        distributed.connect(num_cpus=2)
