@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import linear_lstm_free_model
-from jobtools import call_job, run_job
+from jobtools import call_job
 from rnnimp.data import write_long_parquet
 
 
@@ -57,11 +57,11 @@ def test_refusals_before_any_work(files, tmp_path, extra, message):
 @pytest.mark.slow
 def test_metrics_outputs_conditional_and_segments_end_to_end_on_ray(files, tmp_path):
     out = tmp_path / "answers"
-    done = run_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/segmented.parquet",
-                   "--segment-column", "month", "--metric", "rms,mae", "--per-output",
-                   "--output-names", "t0,t1,t2,t3", "--perturbation", "conditional-permute",
-                   "--condition-on", "volume", "--strata", "2", "--repeats", "3", "--num-cpus", "1", "--quiet",
-                   "--out", str(out))
+    done = call_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/segmented.parquet",
+                    "--segment-column", "month", "--metric", "rms,mae", "--per-output",
+                    "--output-names", "t0,t1,t2,t3", "--perturbation", "conditional-permute",
+                    "--condition-on", "volume", "--strata", "2", "--repeats", "3", "--num-cpus", "1", "--quiet",
+                    "--out", str(out))
     assert done.returncode == 0, done.stderr
     summary = pq.read_table(out / "summary.parquet")
     assert summary.column_names[:4] == ["metric", "segment", "output", "output_name"]

@@ -3,14 +3,14 @@
 import pyarrow.parquet as pq
 import pytest
 
-from jobtools import call_job, run_job
+from jobtools import call_job
 from rnnimp.output import read_metadata
 
 SMALL = ["--epochs", "1", "--steps-per-epoch", "100", "--repeats", "3", "--samples", "100", "--num-cpus", "2", "--quiet"]
 
 
 def test_help_documents_every_option():
-    done = run_job("jobs.seed_importance", "--help")
+    done = call_job("jobs.seed_importance", "--help")  # argparse's help, in this process (no TensorFlow to import)
     assert done.returncode == 0
     for option in ["--out", "--samples", "--repeats", "--noise-scale", "--seed", "--confidence", "--epochs",
                    "--steps-per-epoch", "--train-batch-size", "--model", "--num-cpus", "--connect-timeout",

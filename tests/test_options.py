@@ -177,16 +177,15 @@ def test_reference_evaluation_series_are_the_evaluation_sample_with_its_targets(
 def test_seed_importance_loss_increase_uses_the_reference_targets(tmp_path):
     import pyarrow.parquet as pq
 
-    from jobtools import run_job
     from rnnimp import reference
     from rnnimp.output import read_metadata
 
     model = reference.build_model(0)  # untrained: any weights do for what the labels are
     model.save(tmp_path / "model.keras")
     out = tmp_path / "out"
-    done = run_job("jobs.seed_importance", "--model", str(tmp_path / "model.keras"), "--metric", "loss-increase",
-                   "--loss", "binary-crossentropy", "--repeats", "2", "--samples", "60", "--num-cpus", "1",
-                   "--quiet", "--out", str(out))
+    done = call_job("jobs.seed_importance", "--model", str(tmp_path / "model.keras"), "--metric", "loss-increase",
+                    "--loss", "binary-crossentropy", "--repeats", "2", "--samples", "60", "--num-cpus", "1",
+                    "--quiet", "--out", str(out))
     assert done.returncode == 0, done.stderr
     inputs, targets = reference.evaluation_series(0, 60)
     expected = sensitivity_importance(model, inputs, targets, metric="loss-increase", loss="binary-crossentropy",
