@@ -159,7 +159,7 @@ def test_the_job_refuses_a_static_input_from_a_dataset(sample, dataset, tmp_path
 
     two_input_model().save(tmp_path / "two.keras")
     done = call_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={dataset}",
-                    "--data", f"static={dataset}", "--out", str(tmp_path / "out"))
+                    "--data", f"static={dataset}", "--out", str(tmp_path / "out"), ray=False)
     assert done.returncode == 2
     assert "--data static: input 'static' is a static input" in done.stderr
     assert not (tmp_path / "out").exists()
@@ -173,6 +173,6 @@ def test_the_job_refuses_a_static_parquet_input_of_other_series(dataset, tmp_pat
     static = np.zeros((N_SERIES, 2), np.float32)
     write_static_parquet(static, str(tmp_path / "static.parquet"), ["s1", "s2"], series_ids=np.arange(N_SERIES))
     done = call_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={dataset}",
-                    "--data", f"static={tmp_path / 'static.parquet'}", "--out", str(tmp_path / "out"))
+                    "--data", f"static={tmp_path / 'static.parquet'}", "--out", str(tmp_path / "out"), ray=False)
     assert done.returncode == 2
     assert "--data static: must hold the series of input 'seq' (150 series, ids 7..454)" in done.stderr

@@ -51,7 +51,7 @@ def test_bad_input_is_refused_before_any_work(files, tmp_path, extra, message):
     out = tmp_path / "out"
     data = [] if "--data" in extra else ["--data", f"{files}/data.parquet"]
     args = ["--model", f"{files}/model.keras", *data, *(e.format(f=files) for e in extra), "--out", str(out)]
-    done = call_job("jobs.importance", *args)
+    done = call_job("jobs.importance", *args, ray=False)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
