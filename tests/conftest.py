@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "RNNIMP_XLA_CACHE" not in os.environ:  # the jobs' XLA cache: one private folder per test run, not ~/.cache
+    import tempfile
+
+    os.environ["RNNIMP_XLA_CACHE"] = tempfile.mkdtemp(prefix="rnnimp-test-xla-")
 
 import numpy as np
 import pytest

@@ -20,15 +20,47 @@ def run_job(module: str, *args: str, timeout: float = 600, env: dict | None = No
     )
 
 
-def call_job(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+class _NoWorkers:
+    """Stands in for a job's Ray workers in a check that must end before any work: fails if they are used."""
+
+    actors: tuple = ()
+
+    def shutdown(self) -> None:
+        pass
+
+    def warm_up(self, *args, **kwargs):
+        raise AssertionError("the job went past its input checks: its workers were about to compile the model")
+
+
+def _start_no_workers(execution, actors: bool = True):
+    """``cli.start_workers`` without Ray: a job refused after it would have started its workers stops these."""
+    from rnnimp import cli
+
+    class NoRayWorkers(cli.Workers):
+        def _start(self) -> None:  # instead of connecting to Ray in the background
+            self.where, self._executor = "no Ray (a test of a refusal)", _NoWorkers()
+            self._done.set()
+            self._release.wait()
+
+    return NoRayWorkers(execution, actors)
+
+
+def call_job(module: str, *args: str, env: dict | None = None, ray: bool = True) -> subprocess.CompletedProcess:
     """Run a job's ``main`` in this process, as ``python -m`` would (exit code, stdout, stderr).
 
-    For checks that end before any work starts (bad input): much faster than
-    a subprocess, since TensorFlow is imported once per test session.
+    Much faster than a subprocess, since TensorFlow is imported once per test
+    session. The jobs start Ray and their workers as soon as the options that
+    need no model or data are checked, so that the workers import TensorFlow
+    while the driver loads the model and data; a refusal found in the model or
+    data then stops them again, which takes seconds. ``ray=False``, for checks
+    that must end before any work (bad input): the job's workers are a
+    stand-in, no Ray is started, and a job that gets past its checks fails
+    the test when it would use them.
     """
     import contextlib
     import importlib
     import io
+    from unittest import mock
 
     from rnnimp import cli
 
@@ -36,8 +68,9 @@ def call_job(module: str, *args: str, env: dict | None = None) -> subprocess.Com
     environment = dict(os.environ)
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.update(env or {})
+    workers = contextlib.nullcontext() if ray else mock.patch.object(cli, "start_workers", _start_no_workers)
     try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        with workers, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
                 code = cli.run(importlib.import_module(module).main, list(args))
             except SystemExit as exit_:

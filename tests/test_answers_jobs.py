@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import linear_lstm_free_model
-from jobtools import call_job, run_job
+from jobtools import call_job
 from rnnimp.data import write_long_parquet
 
 
@@ -47,7 +47,7 @@ def files(tmp_path_factory):
 def test_refusals_before_any_work(files, tmp_path, extra, message):
     out = tmp_path / "out"
     done = call_job("jobs.importance", "--model", f"{files}/model.keras", *(e.format(f=files) for e in extra),
-                    "--out", str(out))
+                    "--out", str(out), ray=False)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
@@ -57,11 +57,11 @@ def test_refusals_before_any_work(files, tmp_path, extra, message):
 @pytest.mark.slow
 def test_metrics_outputs_conditional_and_segments_end_to_end_on_ray(files, tmp_path):
     out = tmp_path / "answers"
-    done = run_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/segmented.parquet",
-                   "--segment-column", "month", "--metric", "rms,mae", "--per-output",
-                   "--output-names", "t0,t1,t2,t3", "--perturbation", "conditional-permute",
-                   "--condition-on", "volume", "--strata", "2", "--repeats", "3", "--num-cpus", "1", "--quiet",
-                   "--out", str(out))
+    done = call_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/segmented.parquet",
+                    "--segment-column", "month", "--metric", "rms,mae", "--per-output",
+                    "--output-names", "t0,t1,t2,t3", "--perturbation", "conditional-permute",
+                    "--condition-on", "volume", "--strata", "2", "--repeats", "3", "--num-cpus", "1", "--quiet",
+                    "--out", str(out))
     assert done.returncode == 0, done.stderr
     summary = pq.read_table(out / "summary.parquet")
     assert summary.column_names[:4] == ["metric", "segment", "output", "output_name"]
@@ -77,7 +77,7 @@ def test_metrics_outputs_conditional_and_segments_end_to_end_on_ray(files, tmp_p
 
 
 def test_seed_importance_takes_several_metrics_and_refuses_bad_ones(tmp_path):
-    done = call_job("jobs.seed_importance", "--metric", "rms,median", "--out", str(tmp_path / "out"))
+    done = call_job("jobs.seed_importance", "--metric", "rms,median", "--out", str(tmp_path / "out"), ray=False)
     assert done.returncode == 2 and "--metric: must be one of rms, mae, loss-increase" in done.stderr
-    done = call_job("jobs.seed_importance", "--output-names", "a", "--out", str(tmp_path / "out"))
+    done = call_job("jobs.seed_importance", "--output-names", "a", "--out", str(tmp_path / "out"), ray=False)
     assert done.returncode == 2 and "--output-names: needs --per-output" in done.stderr

@@ -155,7 +155,8 @@ def two_input_files(tmp_path_factory):
 def test_cli_refusals_are_one_line_exit_2_and_nothing_written(two_input_files, tmp_path, args, message):
     out = tmp_path / "out"
     args = [a.replace("{f}", str(two_input_files)) for a in args]
-    done = call_job("jobs.importance", "--model", str(two_input_files / "model.keras"), *args, "--out", str(out))
+    done = call_job("jobs.importance", "--model", str(two_input_files / "model.keras"), *args, "--out", str(out),
+                    ray=False)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -234,7 +234,7 @@ def test_the_job_refuses_a_long_form_dataset_for_a_static_input(dataset, tmp_pat
 
     two_input_model().save(tmp_path / "two.keras")
     done = call_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={dataset}",
-                    "--data", f"static={dataset}", "--out", str(tmp_path / "bad"))
+                    "--data", f"static={dataset}", "--out", str(tmp_path / "bad"), ray=False)
     assert done.returncode == 2
     assert "--data static: is for a static input and needs one row per series, without a 'time' column" in done.stderr
     assert not (tmp_path / "bad").exists()
@@ -248,7 +248,7 @@ def test_the_job_refuses_a_static_parquet_input_of_other_series(dataset, tmp_pat
     static = np.zeros((N_SERIES, 2), np.float32)
     write_static_parquet(static, str(tmp_path / "static.parquet"), ["s1", "s2"], series_ids=np.arange(N_SERIES))
     done = call_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={dataset}",
-                    "--data", f"static={tmp_path / 'static.parquet'}", "--out", str(tmp_path / "out"))
+                    "--data", f"static={tmp_path / 'static.parquet'}", "--out", str(tmp_path / "out"), ray=False)
     assert done.returncode == 2
     assert "--data static: must hold the series of input 'seq' (150 series, ids 7..454)" in done.stderr
 
@@ -258,7 +258,7 @@ def test_the_job_refuses_a_segment_column_of_a_dataset_in_one_line(model, datase
 
     model.save(tmp_path / "m.keras")
     done = call_job("jobs.importance", "--model", str(tmp_path / "m.keras"), "--data", dataset,
-                    "--segment-column", "region", "--out", str(tmp_path / "out"))
+                    "--segment-column", "region", "--out", str(tmp_path / "out"), ray=False)
     assert done.returncode == 2
     assert "--segment-column: must name a column of a Parquet --data file read in memory" in done.stderr
     assert not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobtools import run_job
+from jobtools import call_job, run_job
 from rnnimp.api import sensitivity_importance
 from rnnimp.dataset import write_dataset
 from s3server import BUCKET, s3  # noqa: F401  (the session fixture)
@@ -117,11 +117,11 @@ def test_job_reads_an_s3_dataset_and_writes_out_to_s3(model, sample, s3_dataset,
               "--shard-size", "32", "--seed", "7", "--perturbation", "noise", "--noise-relative", "0.4",
               "--group", "g=x1,x2", "--num-cpus", "2", "--quiet"]
     out = s3.uri(f"{BUCKET}/datawire/job")
-    done = run_job("jobs.importance", *common, "--data", s3_dataset, "--out", out, "--shard-cache-mib", "1")
+    done = call_job("jobs.importance", *common, "--data", s3_dataset, "--out", out, "--shard-cache-mib", "1")
     assert done.returncode == 0, done.stderr
     local = tmp_path / "in-memory"
-    done = run_job("jobs.importance", *common, "--data", str(tmp_path / "data.npy"), "--out", str(local),
-                   "--feature-names", "x0,x1,x2")
+    done = call_job("jobs.importance", *common, "--data", str(tmp_path / "data.npy"), "--out", str(local),
+                    "--feature-names", "x0,x1,x2")
     assert done.returncode == 0, done.stderr
     filesystem, folder = s3.filesystem(), f"{BUCKET}/datawire/job"
     from_s3 = pq.read_table(f"{folder}/effects.parquet", filesystem=filesystem).to_pandas()

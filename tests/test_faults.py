@@ -107,8 +107,8 @@ def test_killed_driver_resumes_with_identical_results(tmp_path, reference_model_
         assert checkpointed >= 60 and not (out / "summary.parquet").exists()
         stop_processes(temp_root)
 
-        resumed = subprocess.run([sys.executable, "-m", "jobs.seed_importance", "--out", str(out), *args],
-                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        # resumed in this process: the kill needed a process of its own, the resume does not
+        resumed = call_job("jobs.seed_importance", "--out", str(out), *args, env=env)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         total = 3 * 8 * 16
         assert f"resumed: {checkpointed} of {total} units came from the checkpoint" in resumed.stdout

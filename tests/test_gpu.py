@@ -32,7 +32,7 @@ def test_other_gpu_shares_are_refused(share):
 
 
 def test_the_command_line_refuses_a_bad_share_in_one_line(tmp_path):
-    result = call_job("jobs.seed_importance", "--gpus-per-worker", "0", "--out", str(tmp_path / "out"))
+    result = call_job("jobs.seed_importance", "--gpus-per-worker", "0", "--out", str(tmp_path / "out"), ray=False)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --gpus-per-worker: must be a finite number > 0, got 0.0"
     assert not (tmp_path / "out").exists()

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import linear_lstm_free_model
-from jobtools import call_job, run_job
+from jobtools import call_job
 from rnnimp.data import write_long_parquet
 
 
@@ -51,7 +51,7 @@ def test_bad_input_is_refused_before_any_work(files, tmp_path, extra, message):
     out = tmp_path / "out"
     data = [] if "--data" in extra else ["--data", f"{files}/data.parquet"]
     args = ["--model", f"{files}/model.keras", *data, *(e.format(f=files) for e in extra), "--out", str(out)]
-    done = call_job("jobs.importance", *args)
+    done = call_job("jobs.importance", *args, ray=False)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
@@ -61,9 +61,9 @@ def test_bad_input_is_refused_before_any_work(files, tmp_path, extra, message):
 @pytest.mark.slow
 def test_parquet_data_groups_and_permutation_on_ray(files, tmp_path):
     out = tmp_path / "permute"
-    done = run_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/data.parquet",
-                   "--perturbation", "permute", "--group", "both=price,volume", "--repeats", "4",
-                   "--num-cpus", "2", "--quiet", "--out", str(out))
+    done = call_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/data.parquet",
+                    "--perturbation", "permute", "--group", "both=price,volume", "--repeats", "4",
+                    "--num-cpus", "2", "--quiet", "--out", str(out))
     assert done.returncode == 0, done.stderr
     summary = pq.read_table(out / "summary.parquet").to_pylist()
     assert [row["feature"] for row in summary] == ["price", "volume", "noise", "both"]

@@ -3,14 +3,14 @@
 import pyarrow.parquet as pq
 import pytest
 
-from jobtools import call_job, run_job
+from jobtools import call_job
 from rnnimp.output import read_metadata
 
 SMALL = ["--epochs", "1", "--steps-per-epoch", "100", "--repeats", "3", "--samples", "100", "--num-cpus", "2", "--quiet"]
 
 
 def test_help_documents_every_option():
-    done = run_job("jobs.seed_importance", "--help")
+    done = call_job("jobs.seed_importance", "--help")  # argparse's help, in this process (no TensorFlow to import)
     assert done.returncode == 0
     for option in ["--out", "--samples", "--repeats", "--noise-scale", "--seed", "--confidence", "--epochs",
                    "--steps-per-epoch", "--train-batch-size", "--model", "--num-cpus", "--connect-timeout",
@@ -40,7 +40,7 @@ def test_help_documents_every_option():
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, message):
     out = tmp_path / "out"
-    done = call_job("jobs.seed_importance", "--out", str(out), *args)
+    done = call_job("jobs.seed_importance", "--out", str(out), *args, ray=False)
     assert done.returncode == 2
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -51,7 +51,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, messag
 def test_corrupt_model_file_is_refused(tmp_path):
     model = tmp_path / "broken.keras"
     model.write_bytes(b"this is not a zip archive")
-    done = call_job("jobs.seed_importance", "--out", str(tmp_path / "out"), "--model", str(model))
+    done = call_job("jobs.seed_importance", "--out", str(tmp_path / "out"), "--model", str(model), ray=False)
     assert done.returncode == 2
     assert "--model: must be a valid Keras model file" in done.stderr
     assert "Traceback" not in done.stderr
@@ -78,7 +78,8 @@ def test_small_run_trains_writes_results_and_its_model_gives_the_same_effects(tm
     assert metadata["job"]["epochs"] == 1 and metadata["job"]["steps_per_epoch"] == 100
 
     # Another configuration into the same folder is refused, naming what differs.
-    refused = call_job("jobs.seed_importance", "--out", str(out), *SMALL[:-5], "--repeats", "4", "--samples", "100")
+    refused = call_job("jobs.seed_importance", "--out", str(out), *SMALL[:-5], "--repeats", "4", "--samples", "100",
+                       ray=False)
     assert refused.returncode == 2
     assert "differs in configuration.n_repeats" in refused.stderr and "--overwrite" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1

@@ -10,6 +10,10 @@ from rnnimp.forward import forward_kind, model_forward
 keras = pytest.importorskip("keras")
 L = keras.layers
 
+# Steps of the models' input: XLA unrolls the fused loop over them, so its compile time, most of this
+# file's time, grows with them; 5 leave room for pre- and post-padding of every length 0..5.
+TIME_STEPS = 5
+
 
 def randomize(model, seed):
     rng = np.random.default_rng(seed)
@@ -17,11 +21,11 @@ def randomize(model, seed):
     return model
 
 
-def sequential(*layers, time_steps=7, features=4):
+def sequential(*layers, time_steps=TIME_STEPS, features=4):
     return keras.Sequential([keras.Input((time_steps, features)), *layers])
 
 
-def functional(*layers, time_steps=7, features=4):
+def functional(*layers, time_steps=TIME_STEPS, features=4):
     """A functional model that calls ``layers`` one after the other on one keras.Input."""
     inputs = tensor = keras.Input((time_steps, features))
     for layer in layers:
@@ -29,11 +33,11 @@ def functional(*layers, time_steps=7, features=4):
     return keras.Model(inputs, tensor)
 
 
-def series(n_series, time_steps=7, features=4, seed=0):
+def series(n_series, time_steps=TIME_STEPS, features=4, seed=0):
     return np.random.default_rng(seed).normal(size=(n_series, time_steps, features)).astype(np.float32)
 
 
-def padded(n_series=300, time_steps=7, features=4, seed=0, pad_value=0.0):
+def padded(n_series=300, time_steps=TIME_STEPS, features=4, seed=0, pad_value=0.0):
     """Series of random lengths 0..time_steps, a third pre-padded and the rest post-padded with ``pad_value``."""
     rng = np.random.default_rng(seed)
     batch = series(n_series, time_steps, features, seed)
@@ -47,11 +51,16 @@ def padded(n_series=300, time_steps=7, features=4, seed=0, pad_value=0.0):
     return batch
 
 
-def assert_matches_keras(model, batch=None, n_series=300, seed=0):
+def assert_matches_keras(model, batch=None, n_series=300, seed=0, forward=None):
+    """The fused forward pass (``forward``, else a new one) against ``model(batch)``.
+
+    XLA compiles once per batch shape and per ``fused_forward``: tests that call this twice on one model
+    pass the forward they built and batches of one shape, so that it is compiled once.
+    """
     if batch is None:
         batch = series(n_series, *model.inputs[0].shape[1:], seed=seed)
     expected = np.asarray(model(batch, training=False)).reshape(len(batch), -1)
-    actual = fused_forward(model)(batch)
+    actual = (forward or fused_forward(model))(batch)
     assert actual.shape == expected.shape
     np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=2e-6)
 
@@ -186,8 +195,9 @@ def test_masked_chains_match_keras_on_padded_series(name, build):
 
 def test_masking_with_a_mask_value_and_no_padding():
     model = randomize(sequential(L.Masking(mask_value=-1.0), L.GRU(4, return_sequences=True), L.LSTM(2)), 2)
-    assert_matches_keras(model, padded(pad_value=-1.0))
-    assert_matches_keras(model, series(100))  # nothing masked
+    forward = fused_forward(model)
+    assert_matches_keras(model, padded(pad_value=-1.0), forward=forward)
+    assert_matches_keras(model, series(300), forward=forward)  # nothing masked (the same shape: one compile)
 
 
 @pytest.mark.parametrize("cell", [L.SimpleRNN, L.GRU, L.LSTM], ids=["simple-rnn", "gru", "lstm"])
@@ -198,7 +208,8 @@ def test_masked_steps_carry_the_state_and_output_over(cell):
     batch = series(2, 5, 2)
     batch[0, 3:] = 0.0
     batch[1, :2] = 0.0
-    out = fused_forward(model)(batch).reshape(2, 5, 3)
+    forward = fused_forward(model)
+    out = forward(batch).reshape(2, 5, 3)
     np.testing.assert_array_equal(out[0, 3], out[0, 2])
     np.testing.assert_array_equal(out[0, 4], out[0, 2])
     np.testing.assert_array_equal(out[1, :2], 0.0)
@@ -207,11 +218,12 @@ def test_masked_steps_carry_the_state_and_output_over(cell):
     np.testing.assert_allclose(out[1, 4], unmasked[0], rtol=1e-6, atol=1e-6)  # the padding never happened
     bidirectional = randomize(sequential(L.Masking(), L.Bidirectional(cell(3, return_sequences=True)),
                                          time_steps=5, features=2), 1)
-    out = fused_forward(bidirectional)(batch).reshape(2, 5, 6)
+    bidirectional_forward = fused_forward(bidirectional)
+    out = bidirectional_forward(batch).reshape(2, 5, 6)
     np.testing.assert_array_equal(out[0, 3:], 0.0)
     np.testing.assert_array_equal(out[1, :2], 0.0)
-    assert_matches_keras(model, batch)
-    assert_matches_keras(bidirectional, batch)
+    assert_matches_keras(model, batch, forward=forward)
+    assert_matches_keras(bidirectional, batch, forward=bidirectional_forward)
 
 
 class LookalikeLSTM(L.LSTM):

@@ -1,5 +1,8 @@
 """The main job on a local multi-node Ray cluster (a head and worker nodes, each its own ``ray start``).
 
+One cluster serves the whole module (starting one takes a while); a test that needs two worker nodes
+gets the ones a previous test lost replaced first, and tells its own actors from earlier tests' ones.
+
 - Attached through ``RAY_ADDRESS`` to a head without CPUs and two worker
   nodes of one CPU each, the job's two evaluation actors run on both worker
   nodes and its effects are bit-identical to an embedded single-node run.
@@ -33,9 +36,9 @@ pytestmark = pytest.mark.slow
 
 # Jobs load the session's trained model (--model PATH) rather than train their own.
 SMALL = ["--repeats", "3", "--samples", "64", "--workers-only"]  # the cluster's workers do every unit
-# About 1200 units of work (3 features x 10 repeats x 40 shards); two one-CPU actors take 20-30 s on a
-# busy 2-core machine, long enough to lose a node in the middle of it.
-LONG = ["--repeats", "10", "--samples", "40000", "--eval-batch-size", "512", "--shard-size", "1024", "--workers-only"]
+# 600 units of work (3 features x 10 repeats x 20 shards); two one-CPU actors take 10-15 s on a busy
+# 2-core machine, long enough to lose a node in the middle of it (at 5% of the units, read within 1 s).
+LONG = ["--repeats", "10", "--samples", "20000", "--eval-batch-size", "512", "--shard-size", "1024", "--workers-only"]
 # The GCS declares a silent node dead after 3 missed health checks 1 s apart (default: 5 x 3 s).
 FAST_NODE_FAILURE_DETECTION = {
     "RAY_health_check_initial_delay_ms": "1000",
@@ -55,6 +58,31 @@ def embedded_effects(out, args: list[str]):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "embedded local Ray (2 CPUs)" in done.stdout
     return effects(out)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head without CPUs and worker nodes of one CPU each, which the GCS declares dead soon after a loss."""
+    with LocalCluster(num_workers=2, system_env=FAST_NODE_FAILURE_DETECTION) as started:
+        yield started
+    assert not started.pids(), "the test cluster left processes behind"
+
+
+@pytest.fixture
+def two_workers(cluster):
+    """The module's cluster with two live worker nodes (any an earlier test lost replaced)."""
+    while len(cluster.workers) < 2:
+        cluster.add_worker()
+    return cluster
+
+
+def new_actors(cluster: LocalCluster, earlier: set[str]) -> list[dict]:
+    """The evaluation actors the GCS knows of (dead or alive) but those whose ids are in ``earlier``."""
+    return [actor for actor in cluster.actors(WORKER_CLASS) if actor["actor_id"] not in earlier]
+
+
+def actor_ids(cluster: LocalCluster) -> set[str]:
+    return {actor["actor_id"] for actor in cluster.actors(WORKER_CLASS)}
 
 
 def describe(actors: list[dict]) -> list[tuple]:
@@ -137,18 +165,17 @@ class AttachedJob:
         self.process.wait()
 
 
-def test_main_job_on_three_nodes_matches_an_embedded_single_node_run(tmp_path, reference_model_file):
+def test_main_job_on_three_nodes_matches_an_embedded_single_node_run(tmp_path, reference_model_file, two_workers):
     small = [*SMALL, "--model", str(reference_model_file)]
-    with LocalCluster(num_workers=2) as cluster:
-        done = run_job("jobs.seed_importance", "--out", str(tmp_path / "cluster"), *small, "--quiet",
-                       env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address})
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        workers = cluster.actors(WORKER_CLASS)
-        peers = cluster.remote_peers()
-        worker_node_ids = {node.node_id for node in cluster.workers}
-        address = cluster.gcs_address
-    assert not cluster.pids(), "the test cluster left processes behind"
-    assert f"running on Ray cluster at {address} with 2 workers" in done.stdout
+    cluster = two_workers
+    earlier = actor_ids(cluster)
+    done = run_job("jobs.seed_importance", "--out", str(tmp_path / "cluster"), *small, "--quiet",
+                   env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    workers = new_actors(cluster, earlier)
+    peers = cluster.remote_peers()
+    worker_node_ids = {node.node_id for node in cluster.workers}
+    assert f"running on Ray cluster at {cluster.gcs_address} with 2 workers" in done.stdout
     # One actor per worker node; the head (0 CPUs) hosts none.
     assert sorted(actor["node_id"] for actor in workers) == sorted(worker_node_ids)
     assert peers == [], "connections off loopback"
@@ -173,20 +200,20 @@ def lose_a_worker_node(cluster: LocalCluster, job: AttachedJob):
     return victim, killed
 
 
-def test_job_survives_a_lost_worker_node(tmp_path, reference_model_file):
+def test_job_survives_a_lost_worker_node(tmp_path, reference_model_file, two_workers):
     out = tmp_path / "disturbed"
     long = [*LONG, "--model", str(reference_model_file)]
-    with LocalCluster(num_workers=2, system_env=FAST_NODE_FAILURE_DETECTION) as cluster:
-        job = AttachedJob(cluster, out, long)
-        try:
-            victim, killed = lose_a_worker_node(cluster, job)
-            assert killed and not victim.pids()
-            job.finish(stall_s=90)
-        finally:
-            job.stop()
-        workers = cluster.actors(WORKER_CLASS)
-        (survivor,) = cluster.workers
-    assert not cluster.pids(), "the test cluster left processes behind"
+    cluster = two_workers
+    earlier = actor_ids(cluster)
+    job = AttachedJob(cluster, out, long)
+    try:
+        victim, killed = lose_a_worker_node(cluster, job)
+        assert killed and not victim.pids()
+        job.finish(stall_s=90)
+    finally:
+        job.stop()
+    workers = new_actors(cluster, earlier)
+    (survivor,) = cluster.workers
     assert job.process.returncode == 0, job.output()
     assert effects(out).equals(embedded_effects(tmp_path / "undisturbed", long))
     # The lost actor's units went to the survivor; its replacement never found a free CPU.
@@ -194,23 +221,22 @@ def test_job_survives_a_lost_worker_node(tmp_path, reference_model_file):
     assert placed == {victim.node_id, survivor.node_id}, describe(workers)
 
 
-def test_baseline_shards_lost_with_their_node_are_computed_again():
-    with LocalCluster(num_workers=2, system_env=FAST_NODE_FAILURE_DETECTION) as cluster:
-        driver = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "lost_baseline_driver.py")], cwd=REPO,
-            env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address},
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            assert driver.stdout.readline().strip() == "BASELINE DONE", driver.stderr.read()[-3000:]
-            victim = cluster.workers[-1]
-            cluster.remove_worker(victim)
-            cluster.wait_until_dead(victim)
-            stdout, stderr = driver.communicate("go\n", timeout=300)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait()
-    assert not cluster.pids(), "the test cluster left processes behind"
+def test_baseline_shards_lost_with_their_node_are_computed_again(two_workers):
+    cluster = two_workers
+    driver = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "lost_baseline_driver.py")], cwd=REPO,
+        env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "BASELINE DONE", driver.stderr.read()[-3000:]
+        victim = cluster.workers[-1]
+        cluster.remove_worker(victim)
+        cluster.wait_until_dead(victim)
+        stdout, stderr = driver.communicate("go\n", timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
     assert driver.returncode == 0, stderr[-3000:]
     assert stdout.strip().splitlines()[-1] == "SAME"
     # Each of the two actors computed 2 of the 4 shards; the victim's never reached another node.

@@ -101,7 +101,7 @@ def test_errors_name_api_parameters_in_the_api_and_options_on_the_command_line(
         sensitivity_importance(model, sample, **keywords)
     assert str(caught.value).startswith(api_message)
     done = call_job("jobs.importance", "--model", str(files / "model.keras"), "--data", str(files / "data.npy"),
-                    "--out", str(tmp_path / "out"), *arguments)
+                    "--out", str(tmp_path / "out"), *arguments, ray=False)
     assert done.returncode == 2 and done.stderr.startswith(f"error: {cli_message}"), done.stderr
     assert not any(re.search(rf"(?<![-\w]){name}\b", done.stderr) for name in API_ONLY_NAMES), done.stderr
     assert not (tmp_path / "out").exists()
@@ -114,7 +114,7 @@ def test_errors_name_api_parameters_in_the_api_and_options_on_the_command_line(
     (["--feature-names", "a,b,c"], "unrecognized arguments: --feature-names"),
 ])
 def test_seed_importance_names_only_its_own_options(tmp_path, arguments, message):
-    done = call_job("jobs.seed_importance", "--out", str(tmp_path / "out"), *arguments)
+    done = call_job("jobs.seed_importance", "--out", str(tmp_path / "out"), *arguments, ray=False)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "--labels" not in done.stderr and "--data" not in done.stderr
     assert not (tmp_path / "out").exists()
@@ -126,7 +126,7 @@ def test_seed_importance_loss_increase_needs_one_output_per_step(tmp_path):
     one_output = keras.Sequential([keras.Input((10, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
     one_output.save(tmp_path / "one.keras")
     done = call_job("jobs.seed_importance", "--out", str(tmp_path / "out"), "--model", str(tmp_path / "one.keras"),
-                    "--metric", "loss-increase")
+                    "--metric", "loss-increase", ray=False)
     assert done.returncode == 2, done.stderr
     assert "--model: must have one output per time step (10) for --metric loss-increase" in done.stderr
     assert not (tmp_path / "out").exists()
@@ -177,16 +177,15 @@ def test_reference_evaluation_series_are_the_evaluation_sample_with_its_targets(
 def test_seed_importance_loss_increase_uses_the_reference_targets(tmp_path):
     import pyarrow.parquet as pq
 
-    from jobtools import run_job
     from rnnimp import reference
     from rnnimp.output import read_metadata
 
     model = reference.build_model(0)  # untrained: any weights do for what the labels are
     model.save(tmp_path / "model.keras")
     out = tmp_path / "out"
-    done = run_job("jobs.seed_importance", "--model", str(tmp_path / "model.keras"), "--metric", "loss-increase",
-                   "--loss", "binary-crossentropy", "--repeats", "2", "--samples", "60", "--num-cpus", "1",
-                   "--quiet", "--out", str(out))
+    done = call_job("jobs.seed_importance", "--model", str(tmp_path / "model.keras"), "--metric", "loss-increase",
+                    "--loss", "binary-crossentropy", "--repeats", "2", "--samples", "60", "--num-cpus", "1",
+                    "--quiet", "--out", str(out))
     assert done.returncode == 0, done.stderr
     inputs, targets = reference.evaluation_series(0, 60)
     expected = sensitivity_importance(model, inputs, targets, metric="loss-increase", loss="binary-crossentropy",
