@@ -6,9 +6,12 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if "RNNIMP_XLA_CACHE" not in os.environ:  # the jobs' XLA cache: one private folder per test run, not ~/.cache
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["RNNIMP_XLA_CACHE"] = tempfile.mkdtemp(prefix="rnnimp-test-xla-")
+    atexit.register(shutil.rmtree, os.environ["RNNIMP_XLA_CACHE"], ignore_errors=True)
 
 import numpy as np
 import pytest
