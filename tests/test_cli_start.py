@@ -99,12 +99,15 @@ def test_evaluation_steps_count_the_baseline_and_every_target_step_and_repeat():
 
 
 def test_exit_process_flushes_and_skips_the_teardown(tmp_path):
+    import os
     import subprocess
     import sys
 
     script = ("import atexit\nfrom rnnimp import cli\natexit.register(lambda: print('teardown ran'))\n"
               "print('results written', end='')\ncli.exit_process(3)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}  # buffered, as usual
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=environment)
     assert done.returncode == 3
     assert done.stdout == "results written"  # flushed, and no teardown after it
 

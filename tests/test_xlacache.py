@@ -124,3 +124,15 @@ def test_a_training_loaded_from_the_cache_gives_the_same_weights_bit_for_bit(tmp
     (published_cold, weights_cold), (published_warm, weights_warm) = (run.stdout.split() for run in runs)
     assert int(published_cold) >= 1 and published_warm == "0"  # the second run compiled nothing new
     assert weights_warm == weights_cold
+
+
+def test_the_embedded_rays_workers_get_the_users_flags_not_the_drivers_private_folder(cache, monkeypatch):
+    from rnnimp import distributed
+
+    monkeypatch.setenv(xlacache.FLAGS_ENV, "--tf_xla_auto_jit=0")
+    private = xlacache.open_for_driver()
+    assert private in os.environ[xlacache.FLAGS_ENV]  # what the embedded Ray's processes inherit
+    monkeypatch.setattr(distributed, "_CONNECTED_AS", "embedded local Ray (2 CPUs)")
+    assert distributed.worker_env()[xlacache.FLAGS_ENV] == "--tf_xla_auto_jit=0"
+    monkeypatch.setattr(distributed, "_CONNECTED_AS", "Ray cluster at 10.0.0.1:6379")
+    assert xlacache.FLAGS_ENV not in distributed.worker_env()  # a cluster's nodes keep their own environment
