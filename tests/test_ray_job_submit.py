@@ -1,16 +1,20 @@
 """``ray job submit`` of the main job to a local head, end to end: a submission stopped mid-run with
 ``ray job stop`` and submitted again resumes from its checkpoint and finishes with the effects of an
-undisturbed run."""
+undisturbed run; a submitted ``jobs.importance`` run reading a partitioned dataset gives the effects of
+the in-memory run of the same data."""
 
 import json
 import subprocess
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from jobtools import REPO, call_job
+from rnnimp import reference
 from rnnimp.checkpoint import Checkpoint
+from rnnimp.dataset import write_dataset
 from raycluster import BIN, LocalHead, processes_mentioning
 
 pytestmark = pytest.mark.slow
@@ -24,13 +28,13 @@ def ray_cli(head, *args, timeout=600):
     return subprocess.run([str(BIN / "ray"), *args], env=head.env, capture_output=True, text=True, timeout=timeout)
 
 
-def submit(head, submission_id, out, args, wait=True):
+def submit(head, submission_id, out, args, wait=True, module="jobs.seed_importance"):
     # finished units reach the checkpoint every 0.2 s, so the job is stopped with part of them kept
     runtime_env = json.dumps({"env_vars": {"RNNIMP_CHECKPOINT_INTERVAL_S": "0.2"}})
     return ray_cli(head, "job", "submit", "--address", head.dashboard_url, "--working-dir", str(REPO),
                    "--runtime-env-json", runtime_env,
                    "--submission-id", submission_id, *([] if wait else ["--no-wait"]),
-                   "--", "python", "-m", "jobs.seed_importance", "--out", str(out), *args)
+                   "--", "python", "-m", module, "--out", str(out), *args)
 
 
 def test_submitted_job_stopped_mid_run_resumes_when_submitted_again(tmp_path, reference_model_file):
@@ -53,6 +57,14 @@ def test_submitted_job_stopped_mid_run_resumes_when_submitted_again(tmp_path, re
         assert 60 <= checkpointed() < UNITS and not (out / "summary.parquet").exists()
 
         again = submit(head, "rnnimp-again", out, args)
+
+        sample = reference.evaluation_sample(1, 2048)  # a dataset of 4 files, read by the workers
+        write_dataset(sample, str(tmp_path / "data"), series_per_file=512)
+        np.save(tmp_path / "sample.npy", sample)
+        dataset_args = ["--model", str(reference_model_file), "--repeats", "3", "--eval-batch-size", "256",
+                        "--shard-size", "512", "--quiet"]
+        from_dataset = submit(head, "rnnimp-dataset", tmp_path / "from_dataset",
+                              ["--data", str(tmp_path / "data"), *dataset_args], module="jobs.importance")
         temp_dir = head.temp_dir
     assert not processes_mentioning(temp_dir), "the test head left processes behind"
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -68,3 +80,10 @@ def test_submitted_job_stopped_mid_run_resumes_when_submitted_again(tmp_path, re
     for name in ("effects.parquet", "summary.parquet"):
         assert pq.read_table(out / name).replace_schema_metadata(None).equals(
             pq.read_table(fresh / name).replace_schema_metadata(None))
+
+    assert from_dataset.returncode == 0, from_dataset.stdout[-3000:] + from_dataset.stderr[-3000:]
+    in_memory = call_job("jobs.importance", "--out", str(tmp_path / "in_memory"), "--data",
+                         str(tmp_path / "sample.npy"), *dataset_args, "--num-cpus", "2")
+    assert in_memory.returncode == 0, in_memory.stderr[-3000:]
+    assert pq.read_table(tmp_path / "from_dataset" / "effects.parquet").replace_schema_metadata(None).equals(
+        pq.read_table(tmp_path / "in_memory" / "effects.parquet").replace_schema_metadata(None))
