@@ -326,7 +326,7 @@ def test_direct_calls_run_the_tf_functions_own_trace_bit_for_bit():
 
     model = randomize(sequential(L.LSTM(4, return_sequences=True), L.GRU(3)), 2)
     static = keras.Input((2,))
-    sequence = keras.Input((7, 4))
+    sequence = keras.Input((TIME_STEPS, 4))
     two_inputs = keras.Model([sequence, static], L.Dense(2)(L.Concatenate()([L.LSTM(3)(sequence), static])))
     for build, batches in ((lambda b: model(b, training=False), [series(n) for n in (5, 17, 5)]),
                            (lambda b: two_inputs(b, training=False),

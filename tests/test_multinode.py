@@ -36,9 +36,10 @@ pytestmark = pytest.mark.slow
 
 # Jobs load the session's trained model (--model PATH) rather than train their own.
 SMALL = ["--repeats", "3", "--samples", "64", "--workers-only"]  # the cluster's workers do every unit
-# 600 units of work (3 features x 10 repeats x 20 shards); two one-CPU actors take 10-15 s on a busy
-# 2-core machine, long enough to lose a node in the middle of it (at 5% of the units, read within 1 s).
-LONG = ["--repeats", "10", "--samples", "20000", "--eval-batch-size", "512", "--shard-size", "1024", "--workers-only"]
+# 4800 units of work (3 features x 40 repeats x 40 shards), long enough to lose a node in the middle of it
+# (at 5% of the units, read within 1 s): units travel in batches of one shard, and 600 units ended before
+# the last node's actor was live.
+LONG = ["--repeats", "40", "--samples", "40000", "--eval-batch-size", "512", "--shard-size", "1024", "--workers-only"]
 # The GCS declares a silent node dead after 3 missed health checks 1 s apart (default: 5 x 3 s).
 FAST_NODE_FAILURE_DETECTION = {
     "RAY_health_check_initial_delay_ms": "1000",
@@ -189,9 +190,14 @@ def lose_a_worker_node(cluster: LocalCluster, job: AttachedJob):
     """Kill the last worker node (all its processes, SIGKILL) once 5 % of the units are done."""
     job.wait_for_units(0.05)
     victim = cluster.workers[-1]
-    hosted = [actor for actor in cluster.actors(WORKER_CLASS)
-              if actor["state"] == "ALIVE" and actor["node_id"] == victim.node_id]
-    assert hosted, "no evaluation actor on the node about to be killed"
+    deadline = time.monotonic() + 120  # units travel in batches: 5 % may be done before the victim's actor is live
+    while True:
+        hosted = [actor for actor in cluster.actors(WORKER_CLASS)
+                  if actor["state"] == "ALIVE" and actor["node_id"] == victim.node_id]
+        if hosted or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert hosted, f"no evaluation actor on the node about to be killed: {victim.node_id} {describe(cluster.actors(WORKER_CLASS))} {job.output()[-2000:]}"
     assert cluster.remote_peers(extra_pids=(job.process.pid,)) == [], "connections off loopback"
     killed = cluster.remove_worker(victim)
     progress = (job.units_done, job.units_total)

@@ -42,7 +42,9 @@ def test_a_run_prints_only_rnnimp_lines(tmp_path):
 
 def test_verbose_lets_tensorflow_and_ray_speak(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # (an earlier ray.init in this process sets it)
-    done = run_job("jobs.seed_importance", *SMALL_RUN, "--verbose", "--out", str(tmp_path / "run"), timeout=400)
+    # --workers-only: the driver lane would finish this small run before the workers import TensorFlow
+    done = run_job("jobs.seed_importance", *SMALL_RUN, "--verbose", "--workers-only", "--out", str(tmp_path / "run"),
+                   timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     foreign = foreign_lines(done.stderr)
     assert any("oneDNN custom operations are on" in line for line in foreign)  # the driver's TF
