@@ -769,13 +769,7 @@ def write_dataset(
                                       n_features, feature_names)
     if {series_column, time_column} & set(names):
         raise InvalidParameterError("feature_names", "must differ from the series and time columns", names)
-    if not (isinstance(series_per_file, (int, np.integer)) and series_per_file >= 1):
-        raise InvalidParameterError("series_per_file", "must be an integer >= 1", series_per_file)
-    ids = np.arange(n_series, dtype=np.int64) if series_ids is None else np.asarray(series_ids)
-    if ids.shape != (n_series,) or (n_series > 1 and not np.all(ids[1:] > ids[:-1])):
-        raise InvalidParameterError("series_ids", f"must be {n_series} increasing ids", ids.shape)
-    filesystem, folder = resolve(path)
-    filesystem.create_dir(folder, recursive=True)
+    ids, filesystem, folder = _prepared_output(path, n_series, series_per_file, series_ids)
     rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
     written = []
     for number, start in enumerate(range(0, n_series, series_per_file)):
@@ -790,6 +784,18 @@ def write_dataset(
         pq.write_table(pa.table(columns), file_path, filesystem=filesystem, row_group_size=rows_per_group)
         written.append(file_path)
     return written
+
+
+def _prepared_output(path: str, n_series: int, series_per_file, series_ids) -> tuple[np.ndarray, Any, str]:
+    """The checked series ids (n_series,) of a dataset to write, and its created folder (file system, path)."""
+    if not (isinstance(series_per_file, (int, np.integer)) and series_per_file >= 1):
+        raise InvalidParameterError("series_per_file", "must be an integer >= 1", series_per_file)
+    ids = np.arange(n_series, dtype=np.int64) if series_ids is None else np.asarray(series_ids)
+    if ids.shape != (n_series,) or (n_series > 1 and not np.all(ids[1:] > ids[:-1])):
+        raise InvalidParameterError("series_ids", f"must be {n_series} increasing ids", ids.shape)
+    filesystem, folder = resolve(path)
+    filesystem.create_dir(folder, recursive=True)
+    return ids, filesystem, folder
 
 
 def write_static_dataset(
@@ -818,13 +824,7 @@ def write_static_dataset(
         feature_names)
     if series_column in names:
         raise InvalidParameterError("feature_names", "must differ from the series column", names)
-    if not (isinstance(series_per_file, (int, np.integer)) and series_per_file >= 1):
-        raise InvalidParameterError("series_per_file", "must be an integer >= 1", series_per_file)
-    ids = np.arange(n_series, dtype=np.int64) if series_ids is None else np.asarray(series_ids)
-    if ids.shape != (n_series,) or (n_series > 1 and not np.all(ids[1:] > ids[:-1])):
-        raise InvalidParameterError("series_ids", f"must be {n_series} increasing ids", ids.shape)
-    filesystem, folder = resolve(path)
-    filesystem.create_dir(folder, recursive=True)
+    ids, filesystem, folder = _prepared_output(path, n_series, series_per_file, series_ids)
     rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
     written = []
     for number, start in enumerate(range(0, n_series, series_per_file)):
