@@ -59,7 +59,7 @@ def test_submitted_job_stopped_mid_run_resumes_when_submitted_again(tmp_path, re
         again = submit(head, "rnnimp-again", out, args)
 
         sample = reference.evaluation_sample(1, 2048)  # a dataset of 4 files, read by the workers
-        write_dataset(sample, str(tmp_path / "data"), series_per_file=512)
+        write_dataset(sample, str(tmp_path / "data"), series_per_file=512, feature_names=["x1", "x2", "x3"])
         np.save(tmp_path / "sample.npy", sample)
         dataset_args = ["--model", str(reference_model_file), "--repeats", "3", "--eval-batch-size", "256",
                         "--shard-size", "512", "--quiet"]
