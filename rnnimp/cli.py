@@ -264,16 +264,32 @@ class Workers:
         return self.ready()
 
     def stop_in_background(self) -> Callable[[], float]:
-        """Start :meth:`stop` in a thread; returns a function that waits for it (its seconds, or its error)."""
+        """Stop the workers now, then disconnect in a thread; returns a function that waits for it (the
+        seconds both took, or the error).
+
+        Only the disconnection (``ray.shutdown``: the embedded Ray's processes stop) overlaps the caller's
+        work. Ray's core worker ends the whole process (exit status 1, nothing on stdout) when Python touches
+        it *while* it shuts down, and dropping a reference to an object in Ray's store does: so the workers
+        are killed, the executor's references dropped and Python's cyclic garbage (which may hold more)
+        collected here, in the caller's thread, before the disconnection starts. The caller must not use
+        Ray, nor drop object references, until the returned function has returned.
+        """
+        began = time.perf_counter()
+        try:
+            self._stop_executor()
+        except BaseException:
+            self.stop()
+            raise
+        stopped_s = time.perf_counter() - began
         outcome: dict[str, Any] = {}
 
-        def stop() -> None:
+        def disconnect() -> None:
             try:
-                outcome["seconds"] = self.stop()
+                outcome["seconds"] = stopped_s + self.stop()
             except BaseException as error:
                 outcome["error"] = error
 
-        thread = threading.Thread(target=stop, name="rnnimp-stop-ray", daemon=True)
+        thread = threading.Thread(target=disconnect, name="rnnimp-stop-ray", daemon=True)
         thread.start()
 
         def wait() -> float:
@@ -284,6 +300,16 @@ class Workers:
 
         return wait
 
+    def _stop_executor(self) -> None:
+        """Kill the workers and drop every object reference the job holds (after the background start)."""
+        import gc
+
+        self._done.wait()
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+        gc.collect()  # object references in reference cycles, dropped while Ray can still take them
+
     def stop(self) -> float:
         """Stop the workers and disconnect (once the background start has finished); the seconds it took.
 
@@ -292,12 +318,10 @@ class Workers:
         """
         from . import distributed, xlacache
 
-        self._done.wait()
         began = time.perf_counter()
         try:
-            if self._executor is not None:
-                self._executor.shutdown()
-                self._executor = None
+            self._stop_executor()
+            if self.where:
                 distributed.shutdown()
         finally:
             self._release.set()

@@ -927,10 +927,12 @@ class RayExecutor:
         self.timings["units"] += time.perf_counter() - started
 
     def shutdown(self) -> None:
-        """Stop the workers; disconnect from Ray if :meth:`start` connected (not if the caller had)."""
+        """Stop the workers and drop the job's object references; disconnect from Ray if :meth:`start`
+        connected (not if the caller had)."""
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
+        self._job, self._job_refs, self._baseline, self._baseline_shards = None, (), None, []
         if self._connected_here:
             shutdown()
             self._connected_here = False
