@@ -221,6 +221,7 @@ class Workers:
         self.wait_ray_s = 0.0
         self.where = ""
         self._executor: Any = None
+        self._connected = False  # until stop() disconnects
         self._error: BaseException | None = None
         self._done = threading.Event()  # the start finished (or failed)
         self._release = threading.Event()  # Ray is stopped: the thread may end
@@ -238,7 +239,7 @@ class Workers:
                                                    driver_lane=not self.execution.workers_only)
                 if self.actors:
                     executor.start()
-                self.where, self._executor = where, executor
+                self.where, self._executor, self._connected = where, executor, True
             except BaseException:
                 distributed.shutdown()
                 raise
@@ -321,7 +322,8 @@ class Workers:
         began = time.perf_counter()
         try:
             self._stop_executor()
-            if self.where:
+            if self._connected:
+                self._connected = False
                 distributed.shutdown()
         finally:
             self._release.set()
