@@ -123,7 +123,7 @@ def _start_time(pid: int) -> str | None:
     return None if fields[0] == "Z" else fields[19]  # a zombie is dead already
 
 
-def kill_processes(find, term_timeout: float = 15) -> None:
+def kill_processes(find, term_timeout: float = 5) -> None:
     """SIGTERM the pids ``find()`` returns, then SIGKILL whatever of them is left.
 
     Every pid ever found is remembered (with its start time, so that a

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobtools import REPO, call_job
+from jobtools import REPO, call_job, seed_importance_in_process
 from raycluster import processes_mentioning
 from rnnimp.checkpoint import Checkpoint
 
@@ -39,9 +39,7 @@ def test_killing_a_worker_process_mid_run_changes_nothing(local_ray, reference_t
 
     sample = reference.evaluation_sample(1, 16384)
     options = dict(n_repeats=6, random_state=1, batch_size=512, shard_size=1024)
-    undisturbed_executor = local_ray.RayExecutor()
-    undisturbed = sensitivity_importance(reference_training.model, sample, executor=undisturbed_executor, **options)
-    undisturbed_executor.shutdown()
+    undisturbed = sensitivity_importance(reference_training.model, sample, **options)  # in process: no actors to start
 
     executor = local_ray.RayExecutor()
     finished = []
@@ -117,9 +115,7 @@ def test_killed_driver_resumes_with_identical_results(tmp_path, reference_model_
     finally:
         stop_processes(temp_root)
 
-    fresh = tmp_path / "fresh"  # undisturbed, in this process
-    undisturbed = call_job("jobs.seed_importance", "--out", str(fresh), *args)
-    assert undisturbed.returncode == 0, undisturbed.stderr[-3000:]
+    fresh = seed_importance_in_process(tmp_path / "fresh", *args)  # undisturbed, in this process without Ray
     for name in ("effects.parquet", "summary.parquet"):
         assert pq.read_table(out / name).replace_schema_metadata(None).equals(
             pq.read_table(fresh / name).replace_schema_metadata(None))

@@ -5,7 +5,8 @@ gets the ones a previous test lost replaced first, and tells its own actors from
 
 - Attached through ``RAY_ADDRESS`` to a head without CPUs and two worker
   nodes of one CPU each, the job's two evaluation actors run on both worker
-  nodes and its effects are bit-identical to an embedded single-node run.
+  nodes and its effects are bit-identical to the same run computed in
+  process, without Ray.
 - Node loss: a worker node is killed (SIGKILL of all its processes, by pid)
   while units are being evaluated. The job finishes on the surviving node
   with effects identical to an undisturbed run. (``LocalCluster.add_worker``
@@ -29,7 +30,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from jobtools import REPO, call_job, run_job
+from jobtools import REPO, run_job, seed_importance_in_process
 from raycluster import LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -53,12 +54,9 @@ def effects(out) -> "pq.Table":
     return pq.read_table(out / "effects.parquet").replace_schema_metadata(None)
 
 
-def embedded_effects(out, args: list[str]):
-    """The same job on an embedded single-node local Ray of 2 CPUs (RAY_ADDRESS unset), in this process."""
-    done = call_job("jobs.seed_importance", "--out", str(out), *args, "--num-cpus", "2", "--quiet")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "embedded local Ray (2 CPUs)" in done.stdout
-    return effects(out)
+def undisturbed_effects(out, args: list[str]):
+    """The same run computed in this process by the API, without Ray."""
+    return effects(seed_importance_in_process(out, *args))
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +164,7 @@ class AttachedJob:
         self.process.wait()
 
 
-def test_main_job_on_three_nodes_matches_an_embedded_single_node_run(tmp_path, reference_model_file, two_workers):
+def test_main_job_on_three_nodes_matches_an_undisturbed_run(tmp_path, reference_model_file, two_workers):
     small = [*SMALL, "--model", str(reference_model_file)]
     cluster = two_workers
     earlier = actor_ids(cluster)
@@ -181,7 +179,7 @@ def test_main_job_on_three_nodes_matches_an_embedded_single_node_run(tmp_path, r
     assert sorted(actor["node_id"] for actor in workers) == sorted(worker_node_ids)
     assert peers == [], "connections off loopback"
 
-    single = embedded_effects(tmp_path / "embedded", small)
+    single = undisturbed_effects(tmp_path / "in_process", small)
     assert single.num_rows == 9
     assert effects(tmp_path / "cluster").equals(single)
 
@@ -221,7 +219,7 @@ def test_job_survives_a_lost_worker_node(tmp_path, reference_model_file, two_wor
     workers = new_actors(cluster, earlier)
     (survivor,) = cluster.workers
     assert job.process.returncode == 0, job.output()
-    assert effects(out).equals(embedded_effects(tmp_path / "undisturbed", long))
+    assert effects(out).equals(undisturbed_effects(tmp_path / "undisturbed", long))
     # The lost actor's units went to the survivor; its replacement never found a free CPU.
     placed = {actor["node_id"] for actor in workers if actor["node_id"]}
     assert placed == {victim.node_id, survivor.node_id}, describe(workers)

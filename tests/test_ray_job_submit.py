@@ -1,7 +1,7 @@
 """``ray job submit`` of the main job to a local head, end to end: a submission stopped mid-run with
 ``ray job stop`` and submitted again resumes from its checkpoint and finishes with the effects of an
-undisturbed run; a submitted ``jobs.importance`` run reading a partitioned dataset gives the effects of
-the in-memory run of the same data."""
+undisturbed run (computed in process); a submitted ``jobs.importance`` run reading a partitioned dataset
+gives the effects of the in-memory run of the same data."""
 
 import json
 import subprocess
@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobtools import REPO, call_job
+from jobtools import REPO, call_job, seed_importance_in_process
 from rnnimp import reference
 from rnnimp.checkpoint import Checkpoint
 from rnnimp.dataset import write_dataset
@@ -74,9 +74,7 @@ def test_submitted_job_stopped_mid_run_resumes_when_submitted_again(tmp_path, re
     summary = pq.read_table(out / "summary.parquet").to_pylist()
     assert [row["feature"] for row in summary] == ["x1", "x2", "x3"]
 
-    fresh = tmp_path / "fresh"  # undisturbed, on an embedded Ray in this process
-    undisturbed = call_job("jobs.seed_importance", "--out", str(fresh), *args, "--num-cpus", "2")
-    assert undisturbed.returncode == 0, undisturbed.stderr[-3000:]
+    fresh = seed_importance_in_process(tmp_path / "fresh", *args)  # undisturbed, in this process without Ray
     for name in ("effects.parquet", "summary.parquet"):
         assert pq.read_table(out / name).replace_schema_metadata(None).equals(
             pq.read_table(fresh / name).replace_schema_metadata(None))
