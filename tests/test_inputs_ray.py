@@ -1,4 +1,4 @@
-"""A two-input model on Ray: the same effects, bit for bit, on 1 and 2 CPUs and in process."""
+"""A two-input model on Ray: the same effects, bit for bit, with 1 and 2 workers and in process."""
 
 import numpy as np
 import pytest
@@ -30,33 +30,34 @@ def data():
     return {"seq": seq, "static": rng.normal(size=(70, 3)).astype(np.float32)}
 
 
-@pytest.fixture
-def local_ray(monkeypatch):
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+@pytest.fixture(scope="module")
+def local_ray():
+    """One embedded local Ray of 2 CPUs for this module; always shut down."""
     from rnnimp import distributed
 
-    def start(num_cpus: int):
-        distributed.connect(num_cpus)
-        return distributed.RayExecutor()
-
-    yield start
-    distributed.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("RAY_ADDRESS", raising=False)
+        distributed.connect(2)
+        yield distributed
+        distributed.shutdown()
 
 
 OPTIONS = dict(n_repeats=3, random_state=9, batch_size=16, shard_size=32,
                groups={"mixed": ["seq.x2", "static.x1"]})
 
 
-@pytest.mark.parametrize("num_cpus", [1, 2])
-def test_two_input_effects_are_bit_identical_on_ray(local_ray, data, num_cpus):
-    executor = local_ray(num_cpus)
-    for build, perturbation in ((masked_two_input_model, "noise"), (masked_two_input_model, "permute"),
-                                (two_input_linear_model, "noise")):
-        model = build()
-        X = data if build is masked_two_input_model else {"seq": data["seq"][:, :4], "static": data["static"]}
-        local = sensitivity_importance(model, X, perturbation=perturbation, **OPTIONS)
-        remote = sensitivity_importance(model, X, perturbation=perturbation, executor=executor, **OPTIONS)
-        assert len(executor.actors) == num_cpus
-        np.testing.assert_array_equal(remote.effects, local.effects)
-        assert np.isfinite(local.effects).all() and (local.effects[:2] > 0).all()
-    executor.shutdown()
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_two_input_effects_are_bit_identical_on_ray(local_ray, data, num_workers):
+    executor = local_ray.RayExecutor(num_workers=num_workers)
+    try:  # the actors hold the module's CPUs until shut down
+        for build, perturbation in ((masked_two_input_model, "noise"), (masked_two_input_model, "permute"),
+                                    (two_input_linear_model, "noise")):
+            model = build()
+            X = data if build is masked_two_input_model else {"seq": data["seq"][:, :4], "static": data["static"]}
+            local = sensitivity_importance(model, X, perturbation=perturbation, **OPTIONS)
+            remote = sensitivity_importance(model, X, perturbation=perturbation, executor=executor, **OPTIONS)
+            assert len(executor.actors) == num_workers
+            np.testing.assert_array_equal(remote.effects, local.effects)
+            assert np.isfinite(local.effects).all() and (local.effects[:2] > 0).all()
+    finally:
+        executor.shutdown()
