@@ -35,16 +35,53 @@ def linear_lstm_free_model(weights_per_feature: list[float], time_steps: int = 4
     return model
 
 
+# Test modules by how long they take, longest first (measured on the 2-core machine): they run first, so
+# that with pytest-xdist's workers the short ones fill the end of the run. The others follow in file order.
+LONGEST_MODULES = (
+    "test_benchmark_job", "test_multinode", "test_datawire_ray", "test_faults", "test_lstm", "test_output",
+    "test_ray_job_submit", "test_distributed", "test_chaos", "test_inputs_ray", "test_gpu", "test_runner",
+    "test_driver_lane", "test_stats_coverage",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Longest modules first (``--dist loadfile`` hands whole modules to pytest-xdist's workers in this
+    order, so a module's fixtures, such as a local Ray or a cluster, are set up once)."""
+    rank = {name: position for position, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.module.__name__ if item.module else "", len(rank)))  # stable
+
+
 @pytest.fixture(scope="session")
-def reference_training():
+def reference_training(tmp_path_factory):
     """The reference LSTM trained once per test run, on 3 of its 5 epochs (about 9 s with XLA).
 
     3 epochs reach a loss of 0.433 (5: 0.432) and an x3 effect 17 times smaller than x1's and x2's
-    (2 epochs: 0.445 and 12 times), what tests/test_reference.py checks with a margin.
+    (2 epochs: 0.445 and 12 times), what tests/test_reference.py checks with a margin. With pytest-xdist,
+    the first worker that needs it trains it and saves it; the others load it.
     """
     from rnnimp import reference
 
-    return reference.train_model(seed=0, epochs=3)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return reference.train_model(seed=0, epochs=3)
+    import json
+
+    from filelock import FileLock
+
+    from rnnimp.modelio import load_model
+
+    shared = tmp_path_factory.getbasetemp().parent / "reference_training"  # common to the run's workers
+    with FileLock(f"{shared}.lock"):
+        if (shared / "losses.json").exists():
+            losses = json.loads((shared / "losses.json").read_text())
+            return reference.TrainingResult(load_model(str(shared / "model.keras")), losses["final"],
+                                            tuple(losses["epochs"]))
+        training = reference.train_model(seed=0, epochs=3)
+        shared.mkdir(exist_ok=True)
+        training.model.save(shared / "model.keras")
+        (shared / "losses.json").write_text(json.dumps({"final": training.final_loss,
+                                                        "epochs": list(training.losses)}))
+        return training
 
 
 @pytest.fixture(scope="session")

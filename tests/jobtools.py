@@ -21,38 +21,31 @@ def run_job(module: str, *args: str, timeout: float = 600, env: dict | None = No
 
 
 def seed_importance_in_process(out: Path, *args: str) -> Path:
-    """Compute with the API, in this process and without Ray, what ``jobs.seed_importance --model PATH
+    """Compute in this process, on the local executor (no Ray), what ``jobs.seed_importance --model PATH
     args`` computes, and write it into ``out`` as the job does (effects.parquet, summary.parquet, ...).
 
-    The undisturbed run that tests of a disturbed job (killed, stopped, on a cluster) compare with: the
-    job evaluates the reference sample of its seed, and the job and the API share one catalogue of
-    options, so the same request gives the same effects, bit for bit, on any executor (checked by
-    tests/test_jobs_cli.py, tests/test_distributed.py). ``args`` must give --model, --samples and
-    --repeats; the sizes and seed are optional; options that only say where or how the job runs are
-    ignored. Returns ``out``.
+    The undisturbed run that tests of a disturbed job (killed, stopped, on a cluster) compare with. It
+    parses ``args`` with the job's own parser and turns them into the API's options with the job's own
+    catalogue (:func:`rnnimp.cli.options_from_args`), so the request is the job's; the effects of a
+    request are the same, bit for bit, on any executor (tests/test_distributed.py). ``args`` must give
+    --model; options that only say where or how the job runs are ignored. Returns ``out``.
     """
-    import argparse
-
-    from rnnimp import reference, sensitivity_importance
+    from jobs import seed_importance as job
+    from rnnimp import cli, reference
     from rnnimp.modelio import load_model
+    from rnnimp.options import prepare
+    from rnnimp.runner import run
 
-    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--samples", type=int, required=True)
-    parser.add_argument("--repeats", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-batch-size", type=int)
-    parser.add_argument("--shard-size", type=int)
-    parser.add_argument("--num-cpus")
-    parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--workers-only", action="store_true")
-    given = parser.parse_args(args)
-    sizes = {name: value for name, value in (("batch_size", given.eval_batch_size), ("shard_size", given.shard_size))
-             if value is not None}
-    result = sensitivity_importance(load_model(given.model), reference.evaluation_sample(given.seed, given.samples),
-                                    n_repeats=given.repeats, random_state=given.seed,
-                                    feature_names=reference.FEATURE_NAMES, **sizes)
-    result.write(str(out))
+    parsed = job.parse_args(list(args))
+    assert parsed.model is not None, "an undisturbed run of a trained model: give --model"
+    if "loss-increase" in parsed.metric.split(","):
+        sample, labels = reference.evaluation_series(parsed.random_state, parsed.samples)
+    else:
+        sample, labels = reference.evaluation_sample(parsed.random_state, parsed.samples), None
+    model = load_model(parsed.model)
+    options = cli.options_from_args(parsed, job.JOB, feature_names=reference.FEATURE_NAMES)
+    request = prepare(model, sample, labels, options, cli.parameter_names(job.JOB, job.INPUTS))
+    run(model, request, executor="local").write(str(out))
     return out
 
 

@@ -209,14 +209,18 @@ class LocalHead(_Started):
         return self
 
     def _wait_for_job_server(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
+        """Until the job server answers the job list request ``ray job list`` makes (an HTTP GET)."""
+        import urllib.request
+
+        deadline, error = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
-            done = subprocess.run([str(BIN / "ray"), "job", "list", "--address", self.dashboard_url],
-                                  env=self.env, capture_output=True, text=True, timeout=60)
-            if done.returncode == 0:
+            try:
+                urllib.request.urlopen(f"{self.dashboard_url}/api/jobs/", timeout=5).close()
                 return
-            time.sleep(1)
-        raise TimeoutError(f"the job server at {self.dashboard_url} did not answer: {done.stderr[-500:]}")
+            except OSError as failure:
+                error = failure
+                time.sleep(0.5)
+        raise TimeoutError(f"the job server at {self.dashboard_url} did not answer: {error}")
 
     def pids(self) -> list[int]:
         """This head's processes: those naming its temp folder, or writing logs there (the renamed
