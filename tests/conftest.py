@@ -38,16 +38,17 @@ def linear_lstm_free_model(weights_per_feature: list[float], time_steps: int = 4
 # Test modules by how long they take, longest first (measured on the 2-core machine): they run first, so
 # that with pytest-xdist's workers the short ones fill the end of the run. The others follow in file order.
 LONGEST_MODULES = (
-    "test_benchmark_job", "test_multinode", "test_datawire_ray", "test_faults", "test_lstm", "test_output",
-    "test_ray_job_submit", "test_distributed", "test_chaos", "test_inputs_ray", "test_gpu", "test_runner",
-    "test_driver_lane", "test_stats_coverage",
+    "test_multinode", "test_benchmark_job", "test_datawire_ray", "test_ray_job_submit", "test_faults", "test_chaos",
+    "test_gpu", "test_output", "test_lstm", "test_distributed", "test_runner", "test_inputs_ray", "test_driver_lane",
+    "test_xlacache", "test_stats_coverage", "test_training", "test_masks", "test_importance_job", "test_jobs_cli",
+    "test_cli_start",
 )
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Longest modules first (``--dist loadfile`` hands whole modules to pytest-xdist's workers in this
-    order, so a module's fixtures, such as a local Ray or a cluster, are set up once)."""
+    """Longest modules first: ``--dist loadfile --no-loadscope-reorder`` hands whole modules to pytest-xdist's
+    workers in this order (a module's fixtures, such as a local Ray or a cluster, are set up once)."""
     rank = {name: position for position, name in enumerate(LONGEST_MODULES)}
     items.sort(key=lambda item: rank.get(item.module.__name__ if item.module else "", len(rank)))  # stable
 
