@@ -27,10 +27,10 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError, RayTaskError
 
 from . import logs, sizes, validation, xlacache
-from .errors import InvalidParameterError, WorkersLostError
+from .errors import InvalidParameterError, RnnimpError, WorkersLostError
 from .method import Shard, Unit
 from .worker import (Baseline, EvaluationJob, cache_stats, input_shapes, peak_rss_bytes, predict_shard,
                      rss_parts_bytes, unit_sums_many, warm_up)
@@ -129,6 +129,17 @@ def worker_env(gpus_per_worker: float | None = None) -> dict[str, str]:
 
 
 _LOST_ACTOR = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+def get_results(refs):
+    """``ray.get(refs)``, with an rnnimp error a task or actor raised (a worker's refusal of its shard of a
+    dataset, say) re-raised as itself: Ray wraps it in a RayTaskError whose text is the worker's traceback."""
+    try:
+        return ray.get(refs)
+    except RayTaskError as error:
+        if isinstance(error.cause, RnnimpError):
+            raise error.cause from None
+        raise
 
 
 _CONNECTED_AS: str | None = None  # what connect() connected this process to (None: it did not)
@@ -363,7 +374,7 @@ def dataset_moments(inputs, mask_values, shards) -> list:
     inputs_ref = ray.put(list(inputs))
     refs = [_shard_moments.options(runtime_env={"env_vars": worker_env()}).remote(
         inputs_ref, list(mask_values), [shards[i] for i in group]) for group in groups]
-    parts = ray.get(refs)
+    parts = get_results(refs)
     return [combine([part[k] for part in parts]) for k in range(len(inputs))]
 
 
@@ -521,7 +532,7 @@ class RayBackend:
 
     def get(self, ref):
         try:
-            return ray.get(ref)
+            return get_results(ref)
         except ActorDiedError as error:
             if error.actor_init_failed:  # its __init__ raised: a broken set-up, not a lost worker
                 raise WorkersLostError(f"a worker could not start: {exit_detail(error)}") from None

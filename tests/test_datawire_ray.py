@@ -183,3 +183,28 @@ def test_benchmark_dataset_writes_the_dataset_and_compares_with_the_in_memory_ru
     assert abs(figures["cpu_ratio"] - figures["in_memory_worker_cpu_s"] / figures["dataset_worker_cpu_s"]) < 0.01
     assert 0 < figures["worker_rss_parts_bytes"]["private"] < figures["worker_peak_rss_bytes"]
     assert sorted(p.name for p in folder.iterdir()) == ["chunk-00000"]
+
+
+def test_a_workers_refusal_of_its_shard_reaches_an_api_caller_as_itself(model, sample, tmp_path, ray_cluster):
+    """Ray wraps what a task raises in a RayTaskError whose text is the worker's traceback; the API re-raises
+    rnnimp's own error instead (here from the statistics pass the workers make for a mean ablation)."""
+    import pyarrow as pa
+
+    from rnnimp.distributed import RayExecutor
+    from rnnimp.errors import InvalidParameterError
+
+    folder = tmp_path / "nan"
+    write_dataset(sample, str(folder), series_per_file=40)
+    part = folder / "part-00002.parquet"
+    table = pq.read_table(part)
+    values = table["x1"].to_numpy().copy()
+    values[5] = np.nan
+    pq.write_table(table.set_column(table.schema.get_field_index("x1"), "x1", pa.array(values)), part)
+    executor = RayExecutor(num_workers=1)
+    try:
+        with pytest.raises(InvalidParameterError) as refused:
+            sensitivity_importance(model, str(folder), executor=executor, **dict(OPTIONS, perturbation="ablate"))
+    finally:
+        executor.shutdown()
+    assert type(refused.value) is InvalidParameterError
+    assert str(refused.value) == "X: column 'x1' must hold only finite values, got '1 NaN'"
