@@ -92,3 +92,16 @@ def reference_model_file(reference_training, tmp_path_factory):
     path = tmp_path_factory.mktemp("reference_model") / "model.keras"
     reference_training.model.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One embedded local Ray of 2 CPUs per module that asks for it; always shut down (modules that
+    need their own per test define their own ``local_ray``)."""
+    from rnnimp import distributed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("RAY_ADDRESS", raising=False)
+        distributed.connect(2)
+        yield distributed
+        distributed.shutdown()

@@ -9,18 +9,6 @@ from rnnimp import reference, sensitivity_importance
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One embedded local Ray of 2 CPUs for this module; always shut down."""
-    from rnnimp import distributed
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("RAY_ADDRESS", raising=False)
-        distributed.connect(2)
-        yield distributed
-        distributed.shutdown()
-
-
 def effects_contents(result, folder):
     path = result.write(str(folder))["effects"]
     return pq.read_table(path).replace_schema_metadata(None)

@@ -30,18 +30,6 @@ def data():
     return {"seq": seq, "static": rng.normal(size=(70, 3)).astype(np.float32)}
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One embedded local Ray of 2 CPUs for this module; always shut down."""
-    from rnnimp import distributed
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("RAY_ADDRESS", raising=False)
-        distributed.connect(2)
-        yield distributed
-        distributed.shutdown()
-
-
 OPTIONS = dict(n_repeats=3, random_state=9, batch_size=16, shard_size=32,
                groups={"mixed": ["seq.x2", "static.x1"]})
 
