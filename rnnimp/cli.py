@@ -260,10 +260,6 @@ class Workers:
             raise self._error
         return self._executor
 
-    @property
-    def executor(self) -> Any:
-        return self.ready()
-
     def stop_in_background(self) -> Callable[[], float]:
         """Stop the workers now, then disconnect in a thread; returns a function that waits for it (the
         seconds both took, or the error).

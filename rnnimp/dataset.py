@@ -50,7 +50,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -764,38 +764,19 @@ def write_dataset(
     """
     array = validation.series_array("series", series)
     n_series, n_time, n_features = array.shape
-    default_names = [f"x{j}" for j in range(n_features)]
-    names = validation.distinct_names("feature_names", [str(n) for n in (feature_names or default_names)],
-                                      n_features, feature_names)
-    if {series_column, time_column} & set(names):
-        raise InvalidParameterError("feature_names", "must differ from the series and time columns", names)
-    ids, filesystem, folder = _prepared_output(path, n_series, series_per_file, series_ids)
-    rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
-    written = []
-    for number, start in enumerate(range(0, n_series, series_per_file)):
-        stop = min(start + series_per_file, n_series)
+    names = _feature_columns(feature_names, n_features, (series_column, time_column),
+                             "must differ from the series and time columns")
+
+    def table(ids: np.ndarray, start: int, stop: int, rng) -> pa.Table:
         rows = (stop - start) * n_time
         order = rng.permutation(rows) if rng is not None else np.arange(rows)
         flat = array[start:stop].reshape(rows, n_features)[order]
         columns = {series_column: pa.array(np.repeat(ids[start:stop], n_time)[order]),
                    time_column: pa.array(np.tile(np.arange(n_time, dtype=np.int64), stop - start)[order])}
         columns.update({name: pa.array(flat[:, j]) for j, name in enumerate(names)})
-        file_path = f"{folder}/part-{number:05d}.parquet"
-        pq.write_table(pa.table(columns), file_path, filesystem=filesystem, row_group_size=rows_per_group)
-        written.append(file_path)
-    return written
+        return pa.table(columns)
 
-
-def _prepared_output(path: str, n_series: int, series_per_file, series_ids) -> tuple[np.ndarray, Any, str]:
-    """The checked series ids (n_series,) of a dataset to write, and its created folder (file system, path)."""
-    if not (isinstance(series_per_file, (int, np.integer)) and series_per_file >= 1):
-        raise InvalidParameterError("series_per_file", "must be an integer >= 1", series_per_file)
-    ids = np.arange(n_series, dtype=np.int64) if series_ids is None else np.asarray(series_ids)
-    if ids.shape != (n_series,) or (n_series > 1 and not np.all(ids[1:] > ids[:-1])):
-        raise InvalidParameterError("series_ids", f"must be {n_series} increasing ids", ids.shape)
-    filesystem, folder = resolve(path)
-    filesystem.create_dir(folder, recursive=True)
-    return ids, filesystem, folder
+    return _write_files(path, n_series, series_per_file, series_ids, rows_per_group, shuffle_seed, table)
 
 
 def write_static_dataset(
@@ -819,21 +800,45 @@ def write_static_dataset(
         raise InvalidParameterError("values", "must have 2 dimensions (series, features)", array.shape)
     array = validation.finite_float32("values", array)
     n_series, n_features = array.shape
-    names = validation.distinct_names(
-        "feature_names", [str(n) for n in (feature_names or [f"x{j}" for j in range(n_features)])], n_features,
-        feature_names)
-    if series_column in names:
-        raise InvalidParameterError("feature_names", "must differ from the series column", names)
-    ids, filesystem, folder = _prepared_output(path, n_series, series_per_file, series_ids)
-    rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
-    written = []
-    for number, start in enumerate(range(0, n_series, series_per_file)):
-        stop = min(start + series_per_file, n_series)
+    names = _feature_columns(feature_names, n_features, (series_column,), "must differ from the series column")
+
+    def table(ids: np.ndarray, start: int, stop: int, rng) -> pa.Table:
         order = start + (rng.permutation(stop - start) if rng is not None else np.arange(stop - start))
         columns = {series_column: pa.array(ids[order])}
         columns.update({name: pa.array(array[order, j]) for j, name in enumerate(names)})
+        return pa.table(columns)
+
+    return _write_files(path, n_series, series_per_file, series_ids, rows_per_group, shuffle_seed, table)
+
+
+def _feature_columns(feature_names: Sequence[str] | None, n_features: int, reserved: tuple[str, ...],
+                     rule: str) -> list[str]:
+    """The feature columns' names (default x0, x1, ...), distinct and none of the ``reserved`` columns."""
+    names = validation.distinct_names(
+        "feature_names", [str(n) for n in (feature_names or [f"x{j}" for j in range(n_features)])], n_features,
+        feature_names)
+    if set(reserved) & set(names):
+        raise InvalidParameterError("feature_names", rule, names)
+    return names
+
+
+def _write_files(path: str, n_series: int, series_per_file, series_ids, rows_per_group: int | None,
+                 shuffle_seed: int | None, table: Callable[..., pa.Table]) -> list[str]:
+    """Check the ids (n_series,) and write ``table(ids, start, stop, rng)`` of each file's series
+    [start, stop) to ``part-NNNNN.parquet`` in the created folder ``path``; the files' paths."""
+    if not (isinstance(series_per_file, (int, np.integer)) and series_per_file >= 1):
+        raise InvalidParameterError("series_per_file", "must be an integer >= 1", series_per_file)
+    ids = np.arange(n_series, dtype=np.int64) if series_ids is None else np.asarray(series_ids)
+    if ids.shape != (n_series,) or (n_series > 1 and not np.all(ids[1:] > ids[:-1])):
+        raise InvalidParameterError("series_ids", f"must be {n_series} increasing ids", ids.shape)
+    filesystem, folder = resolve(path)
+    filesystem.create_dir(folder, recursive=True)
+    rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
+    written = []
+    for number, start in enumerate(range(0, n_series, series_per_file)):
         file_path = f"{folder}/part-{number:05d}.parquet"
-        pq.write_table(pa.table(columns), file_path, filesystem=filesystem, row_group_size=rows_per_group)
+        pq.write_table(table(ids, start, min(start + series_per_file, n_series), rng), file_path,
+                       filesystem=filesystem, row_group_size=rows_per_group)
         written.append(file_path)
     return written
 

@@ -146,7 +146,7 @@ print(f"results written; {len(left)} references left, {unreachable} unreachable 
 
 def test_ray_stops_in_the_background_without_ending_the_driver():
     """Dropping object references while Ray's core worker shuts down ends the process (status 1, nothing
-    printed): stop_in_background drops the executor's and collects those in reference cycles first, so that
+    on stdout): stop_in_background drops the executor's and collects those in reference cycles first, so that
     the collections the driver makes while it writes find none."""
     import subprocess
     import sys
