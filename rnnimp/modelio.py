@@ -9,25 +9,55 @@ per-process model cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
 from .errors import InvalidParameterError
 
 
-def configure_tensorflow(threads: int | None) -> None:
-    """Quiet TF's logging (unless --verbose), if given pin its thread pools, and turn GPU memory growth on.
+# What Keras imports at its own import when installed, for integrations that neither a worker nor a job
+# uses: scikit-learn estimator wrappers, pandas DataFrames in fit, pyplot image galleries. About 1.5 of
+# the 5 CPU-seconds that importing Keras costs each worker process on a 2-core machine.
+KERAS_EXTRAS = ("sklearn", "pandas", "matplotlib.pyplot")
 
-    Must run before TensorFlow executes its first op in this process; the
-    environment variables are also read by TF at start-up. The import itself
-    runs under :func:`rnnimp.logs.filtered_stderr`: TF prints its start-up
-    notices before ``TF_CPP_MIN_LOG_LEVEL`` applies. ``TF_ENABLE_ONEDNN_OPTS``
-    is left alone (it changes the numerics).
+
+@contextlib.contextmanager
+def keras_extras_held_back() -> Iterator[None]:
+    """Within it, a first import of TensorFlow or Keras (TensorFlow imports Keras) leaves out :data:`KERAS_EXTRAS`.
+
+    Only for processes rnnimp owns (workers, jobs): in them Keras' scikit-learn
+    wrappers and its pandas input support stay off, as if those packages were
+    not installed. The packages themselves can be imported afterwards.
+    """
+    held_back = [name for name in KERAS_EXTRAS if name not in sys.modules]
+    for name in held_back:
+        sys.modules[name] = None  # ``import name`` raises ImportError, which Keras takes as "not installed"
+    try:
+        yield
+    finally:
+        for name in held_back:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
+def configure_tensorflow(threads: int | None) -> None:
+    """Quiet TF's logging (unless --verbose), if given pin its thread pools, turn GPU memory growth on, and
+    import Keras without its extras (:func:`keras_extras_held_back`).
+
+    For processes rnnimp owns (workers, jobs). Must run before TensorFlow
+    executes its first op in this process; the environment variables are
+    also read by TF at start-up. The import itself runs under
+    :func:`rnnimp.logs.filtered_stderr`: TF prints its start-up notices
+    before ``TF_CPP_MIN_LOG_LEVEL`` applies. ``TF_ENABLE_ONEDNN_OPTS`` is
+    left alone (it changes the numerics).
     """
     from . import logs
 
@@ -37,7 +67,8 @@ def configure_tensorflow(threads: int | None) -> None:
     if threads is not None:
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
         os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
-    with logs.filtered_stderr(quiet):
+    with logs.filtered_stderr(quiet), keras_extras_held_back():
+        import keras  # noqa: F401 - imported with TensorFlow, here without its extras
         import tensorflow as tf
     logs.quiet_python_loggers()
 
