@@ -52,7 +52,7 @@ def keras_forward(model, jit_compile: bool = False, output_mask: bool = False) -
             weights.append(weight)
         return flat(outputs, rows), flat(weights, rows)
 
-    compiled = direct_calls(tf.function(call, jit_compile=jit_compile, reduce_retracing=True))
+    compiled = direct_calls(tf.function(call, jit_compile=jit_compile, reduce_retracing=True, autograph=False))
     if output_mask:
         return lambda batch: tuple(t.numpy() for t in compiled(batch))
     return lambda batch: compiled(batch).numpy()

@@ -433,10 +433,10 @@ def fused_forward(model) -> Callable[[np.ndarray], np.ndarray] | None:
 
     time_steps, n_features = model.inputs[0].shape[1:]
     if time_steps is None:
-        compiled = tf.function(call, jit_compile=True)  # one trace per length: the loop is unrolled
+        compiled = tf.function(call, jit_compile=True, autograph=False)  # one trace per length: the loop is unrolled
     else:
         signature = [tf.TensorSpec((None, time_steps, n_features), tf.float32)]
-        compiled = tf.function(call, jit_compile=True, input_signature=signature)
+        compiled = tf.function(call, jit_compile=True, autograph=False, input_signature=signature)
     from .forward import direct_calls  # forward imports this module
 
     compiled = direct_calls(compiled)
