@@ -112,13 +112,13 @@ def worker_env(gpus_per_worker: float | None = None) -> dict[str, str]:
     these pools do not limit. More threads would only oversubscribe the CPUs
     shared with the other workers of the node.
 
-    The workers of an embedded Ray get the user's own ``TF_XLA_FLAGS``, not
-    the driver's, which names its private XLA cache folder (:mod:`rnnimp.xlacache`).
+    The workers get the user's own ``TF_XLA_FLAGS``, not the driver's,
+    which names its private XLA cache folder; each worker adds a folder of
+    its own (:func:`rnnimp.xlacache.open_for_worker`).
     """
-    env = {**WORKER_ENV, logs.VERBOSE_ENV: "1" if logs.verbose() else ""}
-    if _CONNECTED_AS is not None and _CONNECTED_AS.startswith("embedded"):
-        # The embedded Ray inherits the driver's TF_XLA_FLAGS, naming its private XLA cache folder: not theirs.
-        env[xlacache.FLAGS_ENV] = xlacache.user_flags()
+    # The user's TF_XLA_FLAGS, not the driver's, which names its private XLA cache folder (an embedded Ray
+    # would inherit that); always set, so that a worker naming its own folder replaces the variable.
+    env = {**WORKER_ENV, logs.VERBOSE_ENV: "1" if logs.verbose() else "", xlacache.FLAGS_ENV: xlacache.user_flags()}
     if gpus_per_worker:
         env[GPU_GROWTH_ENV] = "true"
     else:
@@ -386,6 +386,7 @@ class _EvaluationWorker:
         from .modelio import configure_tensorflow, enable_memory_growth
 
         logs.setup()  # rnnimp's warnings as "rnnimp: warning: ..." lines, which Ray streams to the driver
+        xlacache.open_for_worker()  # before TF starts: compiled forward passes load from earlier workers' entries
         configure_tensorflow(threads=1)  # imports TF now, overlapping the driver's work
         self.memory_growth_on = enable_memory_growth()  # before any op touches a GPU
 

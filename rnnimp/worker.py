@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from . import logs, xlacache
 from .forward import model_forward, output_masked
 from .inputs import InputLayout
 from .method import Layout, Measures, Metric, Shard, ShardEvaluator, Unit, as_inputs
@@ -88,7 +89,9 @@ def _cached(architecture_json: str, batch_size: int, input_shapes: InputShapes, 
         evaluator = ShardEvaluator(model_forward(model, jit_compile), batch_size,
                                    inputs=InputLayout(tuple(f"input_{i}" for i in range(len(shapes))), shapes),
                                    output_mask=output_masked(model))
-        evaluator.compile()
+        with logs.filtered_stderr(not logs.verbose()):  # XLA's notes on a program loaded from its cache
+            evaluator.compile()
+        xlacache.publish(keep_open=True)  # this process may be killed, not ended: share the program now
         _EVALUATORS[key] = _CachedEvaluator(model, evaluator, None)
     return _EVALUATORS[key]
 

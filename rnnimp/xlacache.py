@@ -13,14 +13,18 @@ half-written entry fails (so would every later one). So the shared folder
 only ever receives whole files, renamed into it: the driver points
 TensorFlow at a private folder holding hard links to the shared entries
 (:func:`open_for_driver`), TensorFlow adds its new entries there, and the
-job moves them into the shared folder when it ends (:func:`publish`). Only
-CPU programs are cached, and only the driver's: an entry's key includes the
-name TensorFlow gave the function, numbered in the order a process traces
-functions, so a worker (which traces in another order) would never find the
-driver's entries, and workers writing entries of their own would need a
-private folder each, set up before their TensorFlow starts. The embedded
-Ray's workers, which inherit the driver's environment, get the user's own
-``TF_XLA_FLAGS`` back (:func:`user_flags`).
+job moves them into the shared folder when it ends (:func:`publish`).
+
+The workers cache their forward pass the same way, each with a private
+folder of its own named by host and pid (:func:`open_for_worker`), set up
+in the worker before its TensorFlow starts; a worker publishes what it
+compiled right after compiling (``publish(keep_open=True)``), since a
+worker is killed, not asked to end. Its folder is removed by the next
+worker or driver on that host that finds its process gone, or after
+:data:`STALE_PRIVATE_S`. An entry's key includes the name TensorFlow gave
+the function, numbered in the order a process traces functions: a worker
+finds what earlier workers compiled (they trace in the same order), never
+the driver's entries, nor the driver theirs. Only CPU programs are cached.
 
 Where: ``$RNNIMP_XLA_CACHE``, else ``$XDG_CACHE_HOME/rnnimp/xla``, else
 ``~/.cache/rnnimp/xla``; ``RNNIMP_XLA_CACHE=off`` turns the cache off. One
@@ -40,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 import time
 
@@ -48,12 +53,13 @@ FLAGS_ENV = "TF_XLA_FLAGS"
 MAX_ENTRIES = 200
 ENTRY_SUFFIX = ".pb"
 PRIVATE_PREFIX = ".driver-"
+WORKER_PREFIX = ".worker-"  # then host, pid and a random part: .worker-HOST-PID-RANDOM
 STALE_PRIVATE_S = 24 * 3600.0  # a private folder left by a killed run is removed after this long
 _OWN_FLAG = "--tf_xla_persistent_cache_directory"
 
 _original_flags: str | None = None  # TF_XLA_FLAGS before open_for_driver changed it (None: unset)
 _changed = False  # whether open_for_driver changed TF_XLA_FLAGS in this process
-_opened: tuple[str, str] | None = None  # (shared folder, private folder) of this driver
+_opened: tuple[str, str] | None = None  # (shared folder, private folder) of this driver or worker
 
 
 def cache_root() -> str | None:
@@ -123,6 +129,24 @@ def open_for_driver() -> str | None:
     the environment). Does nothing if the cache is off or unsafe, if the
     user's ``TF_XLA_FLAGS`` names a cache already, or if it ran before.
     """
+    return _open(PRIVATE_PREFIX)
+
+
+def open_for_worker() -> str | None:
+    """:func:`open_for_driver` for a worker process: its private folder is named by this host and pid.
+
+    Call before TensorFlow is imported. ``TF_XLA_FLAGS`` should already be
+    set (possibly empty) in the worker's environment, so that changing it
+    replaces a variable rather than adding one while Ray's threads run.
+    """
+    return _open(f"{WORKER_PREFIX}{_host()}-{os.getpid()}-")
+
+
+def _host() -> str:
+    return socket.gethostname().replace("-", "_") or "host"
+
+
+def _open(prefix: str) -> str | None:
     global _original_flags, _opened, _changed
     if _opened is not None:
         return _opened[1]
@@ -134,7 +158,7 @@ def open_for_driver() -> str | None:
         return None
     try:
         _remove_stale_private(shared)
-        private = tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=shared)
+        private = tempfile.mkdtemp(prefix=prefix, dir=shared)
         for name in _entries(shared):
             try:
                 os.link(os.path.join(shared, name), os.path.join(private, name))
@@ -149,18 +173,22 @@ def open_for_driver() -> str | None:
     return private
 
 
-def publish() -> int:
-    """Move the entries this driver compiled into the shared folder (whole files, renamed in); how many.
+def publish(keep_open: bool = False) -> int:
+    """Move the entries this process compiled into the shared folder (whole files, renamed in); how many.
 
-    Then removes the private folder and the oldest shared entries beyond
-    :data:`MAX_ENTRIES`. Call once TensorFlow compiles nothing more in this
-    process (at the end of a job); later compilations are not cached.
+    Then removes the oldest shared entries beyond :data:`MAX_ENTRIES` and,
+    unless ``keep_open``, the private folder: call without it once
+    TensorFlow compiles nothing more in this process (at the end of a job);
+    later compilations are not cached. With ``keep_open`` (a worker after a
+    compilation), the private folder stays in use. Nothing to do (0) if
+    this process opened no folder.
     """
     global _opened
     if _opened is None:
         return 0
     shared, private = _opened
-    _opened = None
+    if not keep_open:
+        _opened = None
     moved = 0
     try:
         known = set(_entries(shared))
@@ -179,7 +207,8 @@ def publish() -> int:
                 _remove_quietly(staged)
         _evict(shared)
     finally:
-        shutil.rmtree(private, ignore_errors=True)
+        if not keep_open:
+            shutil.rmtree(private, ignore_errors=True)
     return moved
 
 
@@ -206,15 +235,32 @@ def _evict(shared: str) -> None:
         _remove_quietly(os.path.join(shared, name))
 
 
+def _worker_gone(name: str) -> bool:
+    """Whether ``name`` is the private folder of a worker of this host whose process has ended."""
+    if not name.startswith(WORKER_PREFIX):
+        return False
+    parts = name[len(WORKER_PREFIX):].rsplit("-", 2)
+    if len(parts) != 3 or parts[0] != _host() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
 def _remove_stale_private(shared: str) -> None:
-    """Remove private folders (and staged files) that runs killed long ago left behind."""
+    """Remove private folders (and staged files) that runs killed long ago left behind, and those of this
+    host's workers that have ended."""
     now = time.time()
     for name in os.listdir(shared):
         if not name.startswith("."):
             continue
         path = os.path.join(shared, name)
         try:
-            if now - os.stat(path).st_mtime < STALE_PRIVATE_S:
+            if now - os.stat(path).st_mtime < STALE_PRIVATE_S and not _worker_gone(name):
                 continue
         except OSError:
             continue

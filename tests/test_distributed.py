@@ -70,3 +70,30 @@ def test_ray_gives_the_in_process_effects_bit_for_bit(local_ray, reference_train
     assert sum(batch_sizes) == per_step.metadata["n_units"] == 3 * 10 * 2 * 2  # targets x steps x repeats x shards
     # a unit: 2 batches of 64 x 10 steps (+ 2048 each), 5376; 25000 // 5376 = 4; else 120 units / (2 x 4 calls)
     assert max(batch_sizes) == (4 if call_steps else 15)
+
+
+def test_workers_load_the_forward_pass_earlier_workers_compiled_with_the_same_effects(local_ray):
+    """Each RayExecutor starts new worker processes: the second one's find the first one's XLA program in the
+    shared cache folder (so they compile nothing new) and give the same effects bit for bit."""
+    import os
+
+    import keras
+
+    from rnnimp import xlacache
+
+    shared = xlacache.shared_folder()  # the test run's cache (conftest), which the embedded Ray's workers inherit
+    model = keras.Sequential([keras.Input((6, 2)), keras.layers.LSTM(7), keras.layers.Dense(1)])  # new to the cache
+    sample = np.random.default_rng(0).random((300, 6, 2), dtype=np.float32)
+    entries, results = [set(os.listdir(shared))], []
+    for _ in range(2):
+        executor = local_ray.RayExecutor(num_workers=1)
+        try:
+            results.append(sensitivity_importance(model, sample, n_repeats=2, random_state=1, executor=executor))
+        finally:
+            executor.shutdown()
+        entries.append(set(os.listdir(shared)))
+    compiled_first, compiled_second = (
+        {name for name in after - before if name.endswith(xlacache.ENTRY_SUFFIX)}
+        for before, after in zip(entries, entries[1:]))
+    assert compiled_first and not compiled_second
+    np.testing.assert_array_equal(results[0].effects, results[1].effects)

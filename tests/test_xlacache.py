@@ -103,6 +103,33 @@ def test_the_folder_depends_on_the_cpu_and_tensorflow_version():
     assert "2." in key  # TensorFlow's version
 
 
+def test_a_worker_gets_a_folder_of_its_host_and_pid_and_publishes_while_it_runs(cache):
+    shared = xlacache.shared_folder()
+    entry(shared, "earlier")
+    private = xlacache.open_for_worker()
+    assert os.path.basename(private).startswith(f"{xlacache.WORKER_PREFIX}{xlacache._host()}-{os.getpid()}-")
+    assert os.listdir(private) == [os.path.basename(entry(shared, "earlier"))]  # linked in
+    assert f"--tf_xla_persistent_cache_directory={private}" in os.environ[xlacache.FLAGS_ENV]
+    entry(private, "compiled")
+    assert xlacache.publish(keep_open=True) == 1  # right after the compilation: a worker is killed, not ended
+    assert os.path.exists(os.path.join(shared, "xla_compile_cache__compiled__XLA_CPU_JIT.pb"))
+    assert os.path.isdir(private) and xlacache.open_for_worker() == private  # still in use
+    assert xlacache.publish(keep_open=True) == 0
+
+
+def test_the_folders_of_this_hosts_ended_workers_are_removed_others_kept(cache):
+    shared = xlacache.shared_folder()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, host = int(ended.stdout), xlacache._host()
+    folders = {name: os.path.join(shared, f"{xlacache.WORKER_PREFIX}{name}")
+               for name in (f"{host}-{dead_pid}-ab12", f"{host}-{os.getpid()}-cd34", f"elsewhere-{dead_pid}-ef56")}
+    for folder in folders.values():
+        os.makedirs(folder)
+    xlacache.open_for_driver()
+    assert [name for name, folder in folders.items() if os.path.exists(folder)] == [
+        f"{host}-{os.getpid()}-cd34", f"elsewhere-{dead_pid}-ef56"]
+
+
 TRAIN = """
 import hashlib, os, sys
 from rnnimp import xlacache
@@ -126,13 +153,15 @@ def test_a_training_loaded_from_the_cache_gives_the_same_weights_bit_for_bit(tmp
     assert weights_warm == weights_cold
 
 
-def test_the_embedded_rays_workers_get_the_users_flags_not_the_drivers_private_folder(cache, monkeypatch):
+def test_the_workers_get_the_users_flags_not_the_drivers_private_folder(cache, monkeypatch):
     from rnnimp import distributed
 
     monkeypatch.setenv(xlacache.FLAGS_ENV, "--tf_xla_auto_jit=0")
     private = xlacache.open_for_driver()
     assert private in os.environ[xlacache.FLAGS_ENV]  # what the embedded Ray's processes inherit
-    monkeypatch.setattr(distributed, "_CONNECTED_AS", "embedded local Ray (2 CPUs)")
-    assert distributed.worker_env()[xlacache.FLAGS_ENV] == "--tf_xla_auto_jit=0"
-    monkeypatch.setattr(distributed, "_CONNECTED_AS", "Ray cluster at 10.0.0.1:6379")
-    assert xlacache.FLAGS_ENV not in distributed.worker_env()  # a cluster's nodes keep their own environment
+    for connected in ("embedded local Ray (2 CPUs)", "Ray cluster at 10.0.0.1:6379"):
+        monkeypatch.setattr(distributed, "_CONNECTED_AS", connected)
+        assert distributed.worker_env()[xlacache.FLAGS_ENV] == "--tf_xla_auto_jit=0"
+    monkeypatch.delenv(xlacache.FLAGS_ENV)
+    monkeypatch.setattr(xlacache, "_changed", False)
+    assert distributed.worker_env()[xlacache.FLAGS_ENV] == ""  # set even so: a worker replaces it, adds nothing
