@@ -72,7 +72,8 @@ def test_ray_gives_the_in_process_effects_bit_for_bit(local_ray, reference_train
     assert max(batch_sizes) == (4 if call_steps else 15)
 
 
-def test_workers_load_the_forward_pass_earlier_workers_compiled_with_the_same_effects(local_ray):
+def test_workers_load_the_forward_pass_earlier_workers_compiled_with_the_same_effects(local_ray, tmp_path,
+                                                                                        monkeypatch):
     """Each RayExecutor starts new worker processes: the second one's find the first one's XLA program in the
     shared cache folder (so they compile nothing new) and give the same effects bit for bit."""
     import os
@@ -81,7 +82,12 @@ def test_workers_load_the_forward_pass_earlier_workers_compiled_with_the_same_ef
 
     from rnnimp import xlacache
 
-    shared = xlacache.shared_folder()  # the test run's cache (conftest), which the embedded Ray's workers inherit
+    # A cache folder of this test's own (other processes of the test run publish into the run's meanwhile).
+    monkeypatch.setenv(xlacache.CACHE_ENV, str(tmp_path / "xla"))
+    shared = xlacache.shared_folder()
+    worker_env = local_ray.worker_env
+    monkeypatch.setattr(local_ray, "worker_env",
+                        lambda *args: {**worker_env(*args), xlacache.CACHE_ENV: str(tmp_path / "xla")})
     model = keras.Sequential([keras.Input((6, 2)), keras.layers.LSTM(7), keras.layers.Dense(1)])  # new to the cache
     sample = np.random.default_rng(0).random((300, 6, 2), dtype=np.float32)
     entries, results = [set(os.listdir(shared))], []
