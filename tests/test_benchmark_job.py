@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from jobtools import call_job, run_job
+from jobtools import call_job
 
 SMALL = ("--samples", "3000", "--repeats", "3", "--num-cpus", "2", "--plain-passes", "1", "--epochs", "1",
          "--eval-batch-size", "512", "--shard-size", "1024")
@@ -29,7 +29,7 @@ def assert_targets_consistent(figures: dict, table: str) -> None:
 
 @pytest.mark.slow
 def test_benchmark_measures_every_target_beside_its_bound():
-    done = run_job("jobs.benchmark", *SMALL, "--per-step-series", "60", "--per-step-repeats", "2",
+    done = call_job("jobs.benchmark", *SMALL, "--per-step-series", "60", "--per-step-repeats", "2",
                    "--kinds-series", "2048", "--sklearn-jobs", "1", "--skip-seed-command")
     assert done.returncode == 0, done.stderr[-3000:]
     *table, last = done.stdout.strip().splitlines()
@@ -79,7 +79,7 @@ def test_benchmark_measures_every_target_beside_its_bound():
 
 @pytest.mark.slow
 def test_benchmark_skips_the_expensive_parts_and_says_so():
-    done = run_job("jobs.benchmark", *SMALL, "--skip-commands", "--skip-sklearn", "--skip-kinds", "--skip-per-step",
+    done = call_job("jobs.benchmark", *SMALL, "--skip-commands", "--skip-sklearn", "--skip-kinds", "--skip-per-step",
                    "--skip-plain-loop")
     assert done.returncode == 0, done.stderr[-3000:]
     *table, last = done.stdout.strip().splitlines()

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobtools import call_job, run_job
+from jobtools import call_job
 from rnnimp.api import sensitivity_importance
 from rnnimp.dataset import write_dataset
 from s3server import BUCKET, s3  # noqa: F401  (the session fixture)
@@ -139,7 +139,7 @@ def test_the_job_reads_a_static_input_from_a_dataset(sample, local_dataset, tmp_
                          feature_names=["s1", "s2"])
     model = two_input_model()
     model.save(tmp_path / "two.keras")
-    done = run_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={local_dataset}",
+    done = call_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={local_dataset}",
                    "--data", f"static={tmp_path / 'static'}", "--repeats", "2", "--eval-batch-size", "16",
                    "--shard-size", "32", "--perturbation", "ablate", "--group", "g=x1,s2", "--num-cpus", "2",
                    "--quiet", "--out", str(tmp_path / "out"))
@@ -152,7 +152,6 @@ def test_the_job_reads_a_static_input_from_a_dataset(sample, local_dataset, tmp_
     np.testing.assert_array_equal(written["effect"].to_numpy(), expected.effects.ravel())
 
     import pyarrow as pa
-    from jobtools import call_job
 
     table = pq.read_table(tmp_path / "static" / "part-00001.parquet")  # one id twice, another missing
     pq.write_table(pa.concat_tables([table.slice(0, 5), table.slice(3, 1), table.slice(6)]),
@@ -171,7 +170,7 @@ def test_benchmark_dataset_writes_the_dataset_and_compares_with_the_in_memory_ru
     import json
 
     folder = tmp_path / "bench-ds"
-    done = run_job("jobs.benchmark", "--dataset", str(folder), "--samples", "3000", "--repeats", "2",
+    done = call_job("jobs.benchmark", "--dataset", str(folder), "--samples", "3000", "--repeats", "2",
                    "--num-cpus", "2", "--epochs", "1", "--eval-batch-size", "512", "--shard-size", "1024",
                    "--dataset-series-per-file", "700")
     assert done.returncode == 0, done.stderr
