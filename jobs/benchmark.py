@@ -35,7 +35,8 @@ from typing import Sequence
 
 from jobs import benchmark_dataset
 from rnnimp import cli, validation
-from rnnimp.errors import RnnimpError
+from jobs.benchmark_tools import KIND_NAMES
+from rnnimp.errors import InvalidParameterError, RnnimpError
 
 GIB = 1024**3
 SKLEARN_INSTALL = "pip install 'scikit-learn>=1.4' (or pip install -e '.[bench]')"
@@ -64,6 +65,8 @@ def parse_args(argv: Sequence[str] | None):
         help="repeats of the per-step units case (default: %(default)s)")
     add("--kinds-series", type=int, default=16384,
         help="series per pass of the model-kind forward speed-ups, in batches of 4096 (default: %(default)s)")
+    add("--kinds", default=None, metavar="NAME,...",
+        help="only these model kinds, comma-separated (default: all: " + ", ".join(KIND_NAMES) + ")")
     add("--sklearn-jobs", type=int, default=None,
         help="scikit-learn's n_jobs (default: --num-cpus, as the target asks)")
     add("--skip-commands", action="store_true", help="skip both whole-command walls (and so the wall-to-wall ratio)")
@@ -86,7 +89,7 @@ def parse_args(argv: Sequence[str] | None):
 # --- measurements run in their own process ---------------------------------------------------------
 
 def measure_one_thread(model_path: str, sample_path: str, batch_size: int, kinds_series: int | None,
-                       seed: int) -> None:
+                       seed: int, kinds: Sequence[str] = KIND_NAMES) -> None:
     """Print one JSON line of one-thread seconds per pass: rnnimp's forward, model(x) under XLA, plain TF, kinds."""
     from rnnimp.modelio import configure_tensorflow
 
@@ -103,7 +106,7 @@ def measure_one_thread(model_path: str, sample_path: str, batch_size: int, kinds
     if kinds_series is not None:
         figures["kinds"] = {
             name: tools.forward_speedup(kind_model, tools.kind_inputs(seed, kinds_series, two_inputs), 4096)
-            for name, (kind_model, two_inputs) in tools.kind_models(seed).items()}
+            for name, (kind_model, two_inputs) in tools.kind_models(seed).items() if name in kinds}
     print(json.dumps(figures))
 
 
@@ -118,6 +121,17 @@ def measure_sklearn(model_path: str, sample_path: str, labels_path: str, repeats
     model = keras.models.load_model(model_path)
     print(json.dumps(sklearn_permutation_importance(model, np.load(sample_path), np.load(labels_path),
                                                     repeats, n_jobs, seed)))
+
+
+def chosen_kinds(kinds: str | None) -> tuple[str, ...]:
+    """The model kinds ``--kinds`` names (all if None), in the benchmark's order; an unknown name is refused."""
+    if kinds is None:
+        return KIND_NAMES
+    names = [name.strip() for name in kinds.split(",") if name.strip()]
+    unknown = [name for name in names if name not in KIND_NAMES]
+    if unknown or not names:
+        raise InvalidParameterError("--kinds", "must name model kinds among " + ", ".join(KIND_NAMES), kinds)
+    return tuple(name for name in KIND_NAMES if name in names)
 
 
 def python_module(*args: str) -> tuple[float, subprocess.CompletedProcess]:
@@ -151,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.one_thread_limit:
         model_path, sample_path, batch = args.one_thread_limit
         measure_one_thread(model_path, sample_path, int(batch), None if args.skip_kinds else args.kinds_series,
-                           args.seed)
+                           args.seed, chosen_kinds(args.kinds))
         return 0
     if args.sklearn_run:
         measure_sklearn(*args.sklearn_run, args.repeats, args.sklearn_jobs, args.seed)
@@ -159,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("samples", "repeats", "num_cpus", "plain_passes", "eval_batch_size", "shard_size", "epochs",
                  "per_step_series", "per_step_repeats", "kinds_series"):
         validation.positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    chosen_kinds(args.kinds)
     args.sklearn_jobs = args.num_cpus if args.sklearn_jobs is None else args.sklearn_jobs
     validation.positive_int("--sklearn-jobs", args.sklearn_jobs)
     if args.skip_commands:
@@ -240,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures.update(sklearn_comparison(args, model_path, sample_path, labels_path, figures))
         _, done = python_module("jobs.benchmark", "--one-thread-limit", model_path, sample_path,
                                 str(layout.batch_size), "--seed", str(args.seed), "--kinds-series",
-                                str(args.kinds_series), *(["--skip-kinds"] if args.skip_kinds else []))
+                                str(args.kinds_series), *(["--skip-kinds"] if args.skip_kinds else []),
+                                *(["--kinds", args.kinds] if args.kinds else []))
         one_thread = json.loads(done.stdout.strip().splitlines()[-1])
     all_threads_s = forward_seconds_per_pass(model, sample, layout.batch_size, fused=True)
     keras_all_threads_s = forward_seconds_per_pass(model, sample, layout.batch_size, fused=False)

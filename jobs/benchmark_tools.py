@@ -118,6 +118,8 @@ def best_plain_tf_seconds_per_pass(model, sample: np.ndarray) -> dict:
 # --- per-model-kind forward speed-ups -------------------------------------------------------------
 
 KIND_TIME_STEPS, KIND_FEATURES, KIND_STATIC = 10, 3, 2
+KIND_NAMES = ("LSTM Sequential", "GRU", "SimpleRNN", "Bidirectional LSTM", "functional chain", "masked LSTM",
+              "two inputs + static")  # the keys of kind_models, in its order
 
 
 def kind_models(seed: int) -> dict:

@@ -5,13 +5,15 @@ import json
 import numpy as np
 import pytest
 
+from jobs.benchmark_tools import KIND_NAMES
 from jobtools import call_job
 
 SMALL = ("--samples", "3000", "--repeats", "3", "--num-cpus", "2", "--plain-passes", "1", "--epochs", "1",
          "--eval-batch-size", "512", "--shard-size", "1024")
 PLAIN_TF_CONFIGURATIONS = {f"{batch}_{route}" for batch in ("4096", "16384", "whole") for route in ("graph", "xla")}
-KINDS = {"LSTM Sequential", "GRU", "SimpleRNN", "Bidirectional LSTM", "functional chain", "masked LSTM",
-         "two inputs + static"}
+# Three of the kinds (each kind's forward against model(x) is tested in tests/test_lstm.py): the fused LSTM
+# stack, a masked one and a model that falls back to model(x).
+KINDS = ("LSTM Sequential", "masked LSTM", "two inputs + static")
 
 
 def assert_targets_consistent(figures: dict, table: str) -> None:
@@ -30,7 +32,8 @@ def assert_targets_consistent(figures: dict, table: str) -> None:
 @pytest.mark.slow
 def test_benchmark_measures_every_target_beside_its_bound():
     done = call_job("jobs.benchmark", *SMALL, "--per-step-series", "60", "--per-step-repeats", "2",
-                   "--kinds-series", "2048", "--sklearn-jobs", "1", "--skip-seed-command")
+                    "--kinds-series", "2048", "--kinds", ",".join(KINDS), "--sklearn-jobs", "1",
+                    "--skip-seed-command")
     assert done.returncode == 0, done.stderr[-3000:]
     *table, last = done.stdout.strip().splitlines()
     text = "\n".join(table)
@@ -61,8 +64,9 @@ def test_benchmark_measures_every_target_beside_its_bound():
         figures["rnnimp_steps_per_s"] / (2 * figures["one_thread_steps_per_s"]), rel=1e-4)
     # Model kinds: each timed against model(x); the fused LSTM stack agrees with it to float32 rounding.
     kinds = figures["kinds"]
-    assert set(kinds) == KINDS
+    assert tuple(kinds) == KINDS
     assert kinds["LSTM Sequential"]["forward"] == "fused-lstm" and kinds["LSTM Sequential"]["max_abs_diff"] < 1e-4
+    assert kinds["masked LSTM"]["forward"] == "fused-rnn-masked"
     for name, kind in kinds.items():
         assert kind["keras_xla_s"] > 0
         if kind["speedup"] is None:
@@ -100,6 +104,21 @@ def test_benchmark_refuses_a_bad_size_in_one_line():
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "--samples" in done.stderr
     assert done.stdout == ""
+
+
+def test_benchmark_refuses_an_unknown_model_kind_in_one_line():
+    done = call_job("jobs.benchmark", "--kinds", "GRU,LSTMish", ray=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == ("error: --kinds: must name model kinds among " + ", ".join(KIND_NAMES)
+                                   + ", got 'GRU,LSTMish'")
+
+
+def test_the_kind_names_are_the_benchmark_models_in_their_order():
+    from jobs.benchmark import chosen_kinds
+    from jobs.benchmark_tools import kind_models
+
+    assert tuple(kind_models(0)) == KIND_NAMES
+    assert chosen_kinds("two inputs + static, GRU") == ("GRU", "two inputs + static")
 
 
 def test_benchmark_without_scikit_learn_says_how_to_install_it(monkeypatch):
