@@ -37,10 +37,10 @@ pytestmark = pytest.mark.slow
 
 # Jobs load the session's trained model (--model PATH) rather than train their own.
 SMALL = ["--repeats", "3", "--samples", "64", "--workers-only"]  # the cluster's workers do every unit
-# 4800 units of work (3 features x 40 repeats x 40 shards), long enough to lose a node in the middle of it
-# (at 5% of the units, read within 1 s): units travel in batches of one shard, and 600 units ended before
-# the last node's actor was live.
-LONG = ["--repeats", "40", "--samples", "40000", "--eval-batch-size", "512", "--shard-size", "1024", "--workers-only"]
+# 4800 units of work (3 features x 40 repeats x 40 shards of 512 series), long enough to lose a node in the
+# middle of it (at 5% of the units, read within 1 s): units travel in batches of one shard, and 600 units
+# ended before the last node's actor was live.
+LONG = ["--repeats", "40", "--samples", "20000", "--eval-batch-size", "512", "--shard-size", "512", "--workers-only"]
 # The GCS declares a silent node dead after 3 missed health checks 1 s apart (default: 5 x 3 s).
 FAST_NODE_FAILURE_DETECTION = {
     "RAY_health_check_initial_delay_ms": "1000",
