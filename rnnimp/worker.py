@@ -91,7 +91,7 @@ def _cached(architecture_json: str, batch_size: int, input_shapes: InputShapes, 
                                    output_mask=output_masked(model))
         with logs.filtered_stderr(not logs.verbose()):  # XLA's notes on a program loaded from its cache
             evaluator.compile()
-        xlacache.publish(keep_open=True)  # this process may be killed, not ended: share the program now
+        xlacache.publish(keep_open=True)  # a worker may be killed, not ended: share the program now
         _EVALUATORS[key] = _CachedEvaluator(model, evaluator, None)
     return _EVALUATORS[key]
 

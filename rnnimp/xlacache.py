@@ -180,13 +180,17 @@ def publish(keep_open: bool = False) -> int:
     unless ``keep_open``, the private folder: call without it once
     TensorFlow compiles nothing more in this process (at the end of a job);
     later compilations are not cached. With ``keep_open`` (a worker after a
-    compilation), the private folder stays in use. Nothing to do (0) if
+    compilation), the private folder stays in use; it does nothing (0) in a
+    driver, where another thread may be writing an entry meanwhile (the
+    training beside the driver lane's compilation). Nothing to do (0) if
     this process opened no folder.
     """
     global _opened
     if _opened is None:
         return 0
     shared, private = _opened
+    if keep_open and not os.path.basename(private).startswith(WORKER_PREFIX):
+        return 0
     if not keep_open:
         _opened = None
     moved = 0

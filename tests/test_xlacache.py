@@ -48,6 +48,16 @@ def test_the_driver_gets_a_private_folder_linking_the_shared_entries_and_keeps_t
     assert xlacache.open_for_driver() == private  # once per process
 
 
+def test_a_driver_publishes_only_at_its_end(cache):
+    """Mid-run, another of the driver's threads may be writing an entry (the training beside the driver
+    lane's compilation): publishing then could move a half-written entry into the shared folder."""
+    shared = xlacache.shared_folder()
+    private = xlacache.open_for_driver()
+    entry(private, "compiled")
+    assert xlacache.publish(keep_open=True) == 0 and os.listdir(shared) == [os.path.basename(private)]
+    assert xlacache.publish() == 1
+
+
 def test_publish_renames_only_new_whole_entries_in_and_removes_the_private_folder(cache):
     shared = xlacache.shared_folder()
     kept = entry(shared, "1__2")
