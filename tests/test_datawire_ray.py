@@ -64,25 +64,22 @@ def test_checkpoint_on_s3_resumes_a_dataset_run(model, sample, s3_dataset, s3):
     np.testing.assert_array_equal(resumed.effects, reference.effects)
 
 
-def test_one_and_two_workers_and_a_lost_worker_give_the_in_memory_effects(model, sample, local_dataset,
-                                                                          ray_cluster):
+def test_one_worker_and_two_with_one_lost_give_the_in_memory_effects(model, sample, local_dataset, ray_cluster):
     from rnnimp.distributed import RayExecutor
 
     options = dict(OPTIONS, perturbation="noise", noise_relative=0.5, per_step=True)
     expected = sensitivity_importance(model, sample, **options).effects
-    for workers in (1, 2):
-        executor = RayExecutor(num_workers=workers)
-        try:
-            result = sensitivity_importance(model, local_dataset, executor=executor, **options)
-            stats = executor.worker_stats()
-        finally:
-            executor.shutdown()
-        np.testing.assert_array_equal(result.effects, expected)
-        cache = [s["shard_cache"] for s in stats]
-        # each worker reads a shard at most once (the budget holds the dataset) and then hits its cache
-        assert sum(c["misses"] for c in cache) <= workers * 5 and sum(c["hits"] for c in cache) > 0
+    executor = RayExecutor(num_workers=1)
+    try:
+        result = sensitivity_importance(model, local_dataset, executor=executor, **options)
+        (stats,) = executor.worker_stats()
+    finally:
+        executor.shutdown()
+    np.testing.assert_array_equal(result.effects, expected)
+    # the worker reads each of the 5 shards once (the budget holds the dataset) and then hits its cache
+    assert stats["shard_cache"]["misses"] <= 5 and stats["shard_cache"]["hits"] > 0
 
-    executor = _KillingExecutor(num_workers=2)  # a worker lost between the baseline and the units
+    executor = _KillingExecutor(num_workers=2)  # two workers, one lost between the baseline and the units
     try:
         result = sensitivity_importance(model, local_dataset, executor=executor, **options)
         assert executor.pool.replaced == 1
@@ -158,8 +155,8 @@ def test_the_job_reads_a_static_input_from_a_dataset(sample, local_dataset, tmp_
                    tmp_path / "static" / "part-00001.parquet")
     repeated = table["series"][3].as_py()
     done = call_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={local_dataset}",
-                    "--data", f"static={tmp_path / 'static'}", "--perturbation", "ablate", "--num-cpus", "2",
-                    "--quiet", "--out", str(tmp_path / "refused"))
+                    "--data", f"static={tmp_path / 'static'}", "--perturbation", "ablate", "--num-cpus", "1",
+                    "--quiet", "--out", str(tmp_path / "refused"))  # refused by the workers' pass over the data
     assert done.returncode == 2, done.stderr
     assert ("error: --data static: must have one row per series (a static input), got 'series "
             f"{repeated} has several rows in {tmp_path / 'static' / 'part-00001.parquet'}'") in done.stderr
