@@ -324,19 +324,18 @@ class LocalCluster(_Started):
                 f"--object-store-memory={self.OBJECT_STORE_BYTES}", f"--temp-dir={node.temp_dir}",
                 "--disable-usage-stats"]
 
-    def _ray_start(self, node: LocalNode, *args: str) -> None:
+    def _ray_start(self, node: LocalNode, *args: str) -> bool:
+        """``ray start`` for ``node``; False when it gave up waiting for the node to register (a worker
+        only: `ray start` gives a new raylet a fixed 30 s, too little on a busy 2-core machine)."""
         command = [str(BIN / "ray"), "start", f"--node-ip-address={node.ip}", f"--num-cpus={node.num_cpus}",
                    *args, *self._node_ports(node)]
         done = subprocess.run(command, env=self.node_env, capture_output=True, text=True, timeout=180)
         if done.returncode == 0:
-            return
+            return True
         output = f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
         if not node.head and "timed out during startup" in done.stderr:
-            # `ray start` gives a new raylet a fixed 30 s to register with the GCS, too little on a busy
-            # 2-core machine; the raylet keeps running and usually registers a little later, which
-            # wait_for_nodes checks.
             self.slow_starts.append(output)
-            return
+            return False
         raise RuntimeError(output)
 
     def start(self) -> "LocalCluster":
@@ -350,12 +349,34 @@ class LocalCluster(_Started):
         self.wait_for_nodes()
         return self
 
-    def _start_worker(self) -> LocalNode:
-        node = LocalNode(f"127.0.0.{self._next_ip}", self.worker_cpus, head=False)
+    def _start_worker(self, attempts: int = 3, registration_timeout: float = 60) -> LocalNode:
+        """Start a worker node; one that has not registered ``registration_timeout`` s after its
+        `ray start` gave up waiting is killed and started again, on new ports and a new temp folder
+        (its raylet sometimes never registers: seen once in ten runs with the machine loaded)."""
+        ip = f"127.0.0.{self._next_ip}"
         self._next_ip += 1
-        self.workers.append(node)
-        self._ray_start(node, f"--address={self.gcs_address}")
-        return node
+        for attempt in range(1, attempts + 1):
+            node = LocalNode(ip, self.worker_cpus, head=False)
+            self.workers.append(node)
+            if self._ray_start(node, f"--address={self.gcs_address}") or self._registers(node, registration_timeout):
+                return node
+            self.slow_starts.append(f"attempt {attempt}: {node} not registered; its raylet's log ends with:\n"
+                                    + _log_tail(Path(node.temp_dir)))
+            self.workers.remove(node)
+            self.removed.append(node)  # its processes and temp folder go when the cluster stops
+            node.kill()
+        raise TimeoutError(f"worker node {ip} did not register in {attempts} attempts:\n" + "\n".join(self.slow_starts))
+
+    def _registers(self, node: LocalNode, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if node.ip in {alive["node_ip"] for alive in self.alive_nodes()}:
+                    return True
+            except OSError:  # dashboard busy
+                pass
+            time.sleep(1)
+        return False
 
     def add_worker(self) -> LocalNode:
         """Start one more worker node (e.g. a replacement, as an autoscaler would) and wait until it is alive."""
@@ -450,6 +471,17 @@ class LocalCluster(_Started):
         if not self.pids():
             for node in [*self.nodes, *self.removed]:
                 shutil.rmtree(node.temp_dir, ignore_errors=True)
+
+
+def _log_tail(temp_dir: Path, characters: int = 1500) -> str:
+    """The end of a node's raylet logs (``session_latest/logs/raylet.{out,err}``), for a failure's message."""
+    tails = []
+    for log in sorted(temp_dir.glob("session_*/logs/raylet.*")):
+        try:
+            tails.append(f"{log}:\n{log.read_text(errors='replace')[-characters:]}")
+        except OSError as error:
+            tails.append(f"{log}: {error}")
+    return "\n".join(tails) or f"(no raylet log under {temp_dir})"
 
 
 def _decode_address(hex_endpoint: str) -> str:
