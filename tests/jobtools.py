@@ -74,6 +74,23 @@ def _start_no_workers(execution, actors: bool = True):
     return NoRayWorkers(execution, actors)
 
 
+def restore_environment(saved: dict[str, str]) -> None:
+    """Make ``os.environ`` equal to ``saved`` again, touching only the variables that differ.
+
+    Not ``clear()`` and ``update()``: putting back every variable reallocates
+    the C environment again and again, and a thread of the process still
+    reading it (TensorFlow's, or what Ray leaves after a shutdown) then reads
+    freed memory: a pytest worker died of that once (a segfault in glibc's
+    ``getenv``). Removing a variable or replacing a value in place does not
+    reallocate it.
+    """
+    for name in [name for name in os.environ if name not in saved]:
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
 def call_job(module: str, *args: str, env: dict | None = None, ray: bool = True) -> subprocess.CompletedProcess:
     """Run a job's ``main`` in this process, as ``python -m`` would (exit code, stdout, stderr).
 
@@ -105,6 +122,5 @@ def call_job(module: str, *args: str, env: dict | None = None, ray: bool = True)
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
-        os.environ.clear()
-        os.environ.update(environment)
+        restore_environment(environment)
     return subprocess.CompletedProcess([module, *args], code, stdout.getvalue(), stderr.getvalue())
