@@ -50,7 +50,7 @@ def test_submitted_dataset_job_stopped_mid_run_resumes_when_submitted_again(tmp_
     def checkpointed() -> int:
         return len(Checkpoint(str(out), {}).finished())
 
-    with LocalHead(num_cpus=2) as head:
+    with LocalHead(num_cpus=1) as head:  # one worker per job: stopping and resuming need no more
         started = submit(head, "rnnimp-first", out, args, wait=False)
         assert started.returncode == 0, started.stderr
         deadline = time.monotonic() + 300
