@@ -198,7 +198,8 @@ def connect(num_cpus: int | None = None, connect_timeout_s: float = 30.0) -> str
     except Exception as error:  # e.g. its raylet not registered within Ray's 30 s on an overloaded machine
         detail = " ".join(str(error).split()) or type(error).__name__
         raise WorkersLostError(f"the embedded Ray could not start: {detail}") from error
-    _CONNECTED_AS = f"embedded local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    _CONNECTED_AS = f"embedded local Ray ({cpus} CPU{'' if cpus == 1 else 's'})"
     return _CONNECTED_AS
 
 

@@ -41,7 +41,7 @@ def test_killing_a_worker_process_mid_run_changes_nothing(local_ray, reference_t
     options = dict(n_repeats=6, random_state=1, batch_size=512, shard_size=1024)
     undisturbed = sensitivity_importance(reference_training.model, sample, **options)  # in process: no actors to start
 
-    executor = local_ray.RayExecutor()
+    executor = local_ray.RayExecutor(num_workers=1)  # its loss leaves no other worker: a replacement must come
     finished = []
     outcome = {}
 
@@ -86,7 +86,7 @@ def test_killed_driver_resumes_with_identical_results(tmp_path, reference_model_
     env["RAY_TMPDIR"] = temp_root  # the embedded Ray's processes are found (and stopped) by this path
     env["RNNIMP_CHECKPOINT_INTERVAL_S"] = "0.2"  # finished units reach the checkpoint every 0.2 s
     args = ["--model", str(reference_model_file), "--samples", "8192", "--repeats", "8",
-            "--eval-batch-size", "256", "--shard-size", "512", "--num-cpus", "2", "--quiet"]
+            "--eval-batch-size", "256", "--shard-size", "512", "--num-cpus", "1", "--quiet"]
     out = tmp_path / "run"
 
     def finished() -> int:

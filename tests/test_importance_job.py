@@ -63,7 +63,7 @@ def test_parquet_data_groups_and_permutation_on_ray(files, tmp_path):
     out = tmp_path / "permute"
     done = call_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/data.parquet",
                     "--perturbation", "permute", "--group", "both=price,volume", "--repeats", "4",
-                    "--num-cpus", "2", "--quiet", "--out", str(out))
+                    "--num-cpus", "1", "--quiet", "--out", str(out))
     assert done.returncode == 0, done.stderr
     summary = pq.read_table(out / "summary.parquet").to_pylist()
     assert [row["feature"] for row in summary] == ["price", "volume", "noise", "both"]

@@ -6,7 +6,7 @@ import pytest
 from jobtools import call_job
 from rnnimp.output import read_metadata
 
-SMALL = ["--epochs", "1", "--steps-per-epoch", "100", "--repeats", "3", "--samples", "100", "--num-cpus", "2", "--quiet"]
+SMALL = ["--epochs", "1", "--steps-per-epoch", "100", "--repeats", "3", "--samples", "100", "--num-cpus", "1", "--quiet"]
 
 
 def test_help_documents_every_option():
@@ -66,7 +66,7 @@ def test_small_run_trains_writes_results_and_its_model_gives_the_same_effects(tm
     out = tmp_path / "run"
     done = call_job("jobs.seed_importance", "--out", str(out), *SMALL)  # in this process: Ray, training, writing
     assert done.returncode == 0, done.stderr
-    assert "embedded local Ray (2 CPUs)" in done.stdout and "trained the reference LSTM" in done.stdout
+    assert "embedded local Ray (1 CPU)" in done.stdout and "trained the reference LSTM" in done.stdout
     assert "95% t-interval" in done.stdout and f"wrote summary: {out}/summary.parquet" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == [
         "comparisons.parquet", "effects.parquet", "effects.png", "model.keras", "rank_probabilities.parquet",
