@@ -111,7 +111,7 @@ def test_job_reads_an_s3_dataset_and_writes_out_to_s3(model, sample, s3_dataset,
     model.save(tmp_path / "model.keras")
     common = ["--model", str(tmp_path / "model.keras"), "--repeats", "3", "--eval-batch-size", "16",
               "--shard-size", "32", "--seed", "7", "--perturbation", "noise", "--noise-relative", "0.4",
-              "--group", "g=x1,x2", "--num-cpus", "2", "--quiet"]
+              "--group", "g=x1,x2", "--num-cpus", "1", "--quiet"]
     out = s3.uri(f"{BUCKET}/datawire/job")
     done = call_job("jobs.importance", *common, "--data", s3_dataset, "--out", out, "--shard-cache-mib", "1")
     assert done.returncode == 0, done.stderr
@@ -138,7 +138,7 @@ def test_the_job_reads_a_static_input_from_a_dataset(sample, local_dataset, tmp_
     model.save(tmp_path / "two.keras")
     done = call_job("jobs.importance", "--model", str(tmp_path / "two.keras"), "--data", f"seq={local_dataset}",
                    "--data", f"static={tmp_path / 'static'}", "--repeats", "2", "--eval-batch-size", "16",
-                   "--shard-size", "32", "--perturbation", "ablate", "--group", "g=x1,s2", "--num-cpus", "2",
+                   "--shard-size", "32", "--perturbation", "ablate", "--group", "g=x1,s2", "--num-cpus", "1",
                    "--quiet", "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
     written = pq.read_table(tmp_path / "out" / "effects.parquet").to_pandas()
@@ -168,12 +168,12 @@ def test_benchmark_dataset_writes_the_dataset_and_compares_with_the_in_memory_ru
 
     folder = tmp_path / "bench-ds"
     done = call_job("jobs.benchmark", "--dataset", str(folder), "--samples", "3000", "--repeats", "2",
-                   "--num-cpus", "2", "--epochs", "1", "--eval-batch-size", "512", "--shard-size", "1024",
+                   "--num-cpus", "1", "--epochs", "1", "--eval-batch-size", "512", "--shard-size", "1024",
                    "--dataset-series-per-file", "700")
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["dataset_files"] == 5 and figures["identical_effects"] is True
-    assert figures["cache_misses"] <= 2 * 3 and figures["cache_hits"] > 0  # each worker reads a shard once
+    assert figures["cache_misses"] <= 3 and figures["cache_hits"] > 0  # the worker reads each shard once
     assert figures["dataset_steps_per_s"] > 0 and figures["worker_peak_rss_bytes"] > 0
     assert figures["dataset_worker_cpu_s"] > 0 and figures["in_memory_worker_cpu_s"] > 0 and figures["shard_read_s"] > 0
     assert abs(figures["cpu_ratio"] - figures["in_memory_worker_cpu_s"] / figures["dataset_worker_cpu_s"]) < 0.01
