@@ -176,3 +176,23 @@ def test_targets_compare_each_figure_with_its_bound_and_mark_what_is_missing():
     figures["targets"] = rows
     text = format_targets(figures)
     assert "n/a (not supported yet)" in text and text.count("NOT met") == 2 and text.count("skipped") == 2
+
+
+def test_plain_tf_batch_sizes_above_the_sample_size_are_timed_once_as_the_whole_sample(monkeypatch):
+    from jobs import benchmark_tools as tools
+
+    timed = []
+
+    def fake_timing(model, sample, batch_size, jit_compile):
+        timed.append((batch_size, jit_compile))
+        return batch_size + 0.5 * jit_compile
+
+    monkeypatch.setattr(tools, "tf_function_seconds_per_pass", fake_timing)
+    small = tools.best_plain_tf_seconds_per_pass(None, np.zeros((3000, 1, 1), np.float32))
+    assert timed == [(3000, False), (3000, True)]
+    assert small == {f"{label}_{route}": 3000 + 0.5 * (route == "xla")
+                     for label in ("4096", "16384", "whole") for route in ("graph", "xla")}
+    timed.clear()
+    large = tools.best_plain_tf_seconds_per_pass(None, np.zeros((20000, 1, 1), np.float32))
+    assert timed == [(batch, jit) for batch in (4096, 16384, 20000) for jit in (False, True)]
+    assert large["whole_xla"] == 20000.5 and large["4096_graph"] == 4096
