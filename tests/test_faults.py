@@ -1,6 +1,7 @@
 """Faults: a worker process killed mid-run, a driver killed mid-run, an unreachable cluster."""
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -114,6 +115,7 @@ def test_killed_driver_resumes_with_identical_results(tmp_path, reference_model_
         assert not (out / ".rnnimp-checkpoint").exists()
     finally:
         stop_processes(temp_root)
+        shutil.rmtree(temp_root, ignore_errors=True)  # the embedded Ray's session folder
 
     fresh = seed_importance_in_process(tmp_path / "fresh", *args)  # undisturbed, in this process without Ray
     for name in ("effects.parquet", "summary.parquet"):
