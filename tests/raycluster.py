@@ -352,7 +352,7 @@ class LocalCluster(_Started):
     def _start_worker(self, attempts: int = 3, registration_timeout: float = 60) -> LocalNode:
         """Start a worker node; one that has not registered ``registration_timeout`` s after its
         `ray start` gave up waiting is killed and started again, on new ports and a new temp folder
-        (its raylet sometimes never registers: seen once in ten runs with the machine loaded)."""
+        (on a loaded machine its raylet sometimes never registers: seen once)."""
         ip = f"127.0.0.{self._next_ip}"
         self._next_ip += 1
         for attempt in range(1, attempts + 1):
