@@ -41,6 +41,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 BIN = Path(sys.executable).parent
 
@@ -368,15 +369,9 @@ class LocalCluster(_Started):
         raise TimeoutError(f"worker node {ip} did not register in {attempts} attempts:\n" + "\n".join(self.slow_starts))
 
     def _registers(self, node: LocalNode, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if node.ip in {alive["node_ip"] for alive in self.alive_nodes()}:
-                    return True
-            except OSError:  # dashboard busy
-                pass
-            time.sleep(1)
-        return False
+        """Whether ``node`` shows up alive in the GCS within ``timeout`` s."""
+        return any(not isinstance(alive, OSError) and node.ip in {other["node_ip"] for other in alive}
+                   for alive in self._alive_answers(timeout))
 
     def add_worker(self) -> LocalNode:
         """Start one more worker node (e.g. a replacement, as an autoscaler would) and wait until it is alive."""
@@ -398,23 +393,26 @@ class LocalCluster(_Started):
             data = json.load(answer)["data"]["result"]["result"]
         return [node for node in data if node["state"] == "ALIVE"]
 
+    def _alive_answers(self, timeout: float) -> Iterator[list[dict] | OSError]:
+        """:meth:`alive_nodes` once a second for ``timeout`` s, or the OSError while the dashboard is not up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                answer = self.alive_nodes()
+            except OSError as error:
+                answer = error
+            yield answer
+            time.sleep(1)
+
     def wait_for_nodes(self, timeout: float = 180) -> None:
         """Until every node of ``nodes`` (and no other) is alive in the GCS; records their node ids."""
         wanted = {node.ip: node for node in self.nodes}
-        deadline = time.monotonic() + timeout
         last = None
-        while time.monotonic() < deadline:
-            try:
-                alive = self.alive_nodes()
-            except OSError as error:  # dashboard not up yet
-                last = error
-            else:
-                last = alive
-                if sorted(node["node_ip"] for node in alive) == sorted(wanted):
-                    for node in alive:
-                        wanted[node["node_ip"]].node_id = node["node_id"]
-                    return
-            time.sleep(1)
+        for last in self._alive_answers(timeout):
+            if not isinstance(last, OSError) and sorted(node["node_ip"] for node in last) == sorted(wanted):
+                for node in last:
+                    wanted[node["node_ip"]].node_id = node["node_id"]
+                return
         raise TimeoutError(f"nodes {sorted(wanted)} not all alive after {timeout} s; last answer: {last}\n"
                            + "\n".join(self.slow_starts))
 
