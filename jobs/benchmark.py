@@ -4,6 +4,7 @@ What is timed (every figure is printed beside its target, then one JSON line wit
   whole commands   `python -m jobs.seed_importance` with its defaults, and `python -m jobs.importance` on the
                    saved reference model with --samples series x --repeats repeats, --perturbation permute
                    --metric loss-increase --loss mse with labels: wall from the subprocess's start to its exit
+                   (jobs.importance once per --importance-executors value: on Ray, and --executor local)
   scikit-learn     sklearn.inspection.permutation_importance, n_jobs = --num-cpus, on the same saved model,
                    sample, labels and perturbation (each feature's whole trajectory permuted), MSE increase,
                    n_repeats = --repeats, run as a subprocess: its wall against the jobs.importance command's,
@@ -35,6 +36,7 @@ from typing import Sequence
 
 from jobs import benchmark_dataset
 from rnnimp import cli, validation
+from rnnimp.errors import InvalidParameterError
 from jobs.benchmark_tools import KIND_NAMES
 from rnnimp.errors import InvalidParameterError, RnnimpError
 
@@ -72,7 +74,9 @@ def parse_args(argv: Sequence[str] | None):
     add("--skip-commands", action="store_true", help="skip both whole-command walls (and so the wall-to-wall ratio)")
     add("--skip-seed-command", action="store_true", help="skip the jobs.seed_importance wall")
     add("--skip-importance-command", action="store_true",
-        help="skip the jobs.importance wall (and so the wall-to-wall ratio and the means' agreement)")
+        help="skip the jobs.importance walls (and so the wall-to-wall ratios and the means' agreement)")
+    add("--importance-executors", default="ray,local", metavar="ray,local",
+        help="time jobs.importance with these --executor values, comma-separated (default: %(default)s)")
     add("--skip-sklearn", action="store_true", help="skip the scikit-learn comparison")
     add("--skip-kinds", action="store_true", help="skip the per-model-kind forward speed-ups")
     add("--skip-per-step", action="store_true", help="skip the per-step units case")
@@ -178,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     validation.positive_int("--sklearn-jobs", args.sklearn_jobs)
     if args.skip_commands:
         args.skip_seed_command = args.skip_importance_command = True
+    args.importance_executors = importance_executors(args.importance_executors)
     if not args.skip_sklearn:
         try:
             import sklearn  # noqa: F401 - a benchmark-only extra, checked before anything runs
@@ -300,26 +305,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def whole_commands(args, folder: str, model_path: str, sample_path: str, labels_path: str) -> dict:
     """Walls of the two commands, each from its subprocess's start to its exit, with what they wrote."""
-    figures = {"seed_command_s": None, "seed_command_means": None,
-               "importance_command_s": None, "importance_command_means": None, "importance_command_timings_s": None}
+    figures = {"seed_command_s": None, "seed_command_means": None}
+    for executor in ("ray", "local"):
+        figures.update({f"{command_key(executor)}_{part}": None for part in ("s", "means", "timings_s")})
     if not args.skip_seed_command:
         out = os.path.join(folder, "seed_importance")
         figures["seed_command_s"], _ = python_module("jobs.seed_importance", "--out", out, "--quiet")
         figures["seed_command_means"], _ = summary_of(out)
-    if not args.skip_importance_command:
-        out = os.path.join(folder, "importance")
-        figures["importance_command_s"], _ = python_module(
+    for executor in [] if args.skip_importance_command else args.importance_executors:
+        out, key = os.path.join(folder, f"importance_{executor}"), command_key(executor)
+        figures[f"{key}_s"], _ = python_module(
             "jobs.importance", "--model", model_path, "--data", sample_path, "--labels", labels_path,
             "--repeats", str(args.repeats), "--perturbation", "permute", "--metric", "loss-increase",
-            "--loss", "mse", "--seed", str(args.seed), "--num-cpus", str(args.num_cpus), "--out", out, "--quiet")
-        figures["importance_command_means"], figures["importance_command_timings_s"] = summary_of(out)
+            "--loss", "mse", "--seed", str(args.seed), "--num-cpus", str(args.num_cpus), "--out", out, "--quiet",
+            "--executor", executor)
+        figures[f"{key}_means"], figures[f"{key}_timings_s"] = summary_of(out)
     return figures
+
+
+def command_key(executor: str) -> str:
+    """The figures' key prefix of jobs.importance's wall with ``--executor executor``."""
+    return "importance_command" if executor == "ray" else f"importance_{executor}_command"
+
+
+def importance_executors(value: str) -> list[str]:
+    """``--importance-executors``: distinct names among ray and local, in the order given."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names or any(name not in ("ray", "local") for name in names) or len(set(names)) < len(names):
+        raise InvalidParameterError("--importance-executors", "must name ray, local or both, once each", value)
+    return names
 
 
 def sklearn_comparison(args, model_path: str, sample_path: str, labels_path: str, figures: dict) -> dict:
     """scikit-learn's permutation_importance as a subprocess: its wall, the wall-to-wall ratio, the means."""
     compared = {"sklearn_s": None, "sklearn_call_s": None, "sklearn_n_jobs": None, "sklearn_means": None,
-                "sklearn_wall_to_wall": None, "means_relative_diffs": None, "means_max_relative_diff": None}
+                "sklearn_wall_to_wall": None, "sklearn_wall_to_wall_local": None, "means_relative_diffs": None,
+                "means_max_relative_diff": None}
     if args.skip_sklearn:
         return compared
     wall_s, done = python_module("jobs.benchmark", "--sklearn-run", model_path, sample_path, labels_path,
@@ -328,12 +349,16 @@ def sklearn_comparison(args, model_path: str, sample_path: str, labels_path: str
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     compared.update(sklearn_s=wall_s, sklearn_call_s=measured["seconds"], sklearn_n_jobs=args.sklearn_jobs,
                     sklearn_means=measured["means"])
-    if figures.get("importance_command_s") is not None:
-        ours = figures["importance_command_means"]
+    for executor in ("local", "ray"):  # the means: Ray's run's if it ran (the two are the same bit for bit)
+        key = command_key(executor)
+        if figures.get(f"{key}_s") is None:
+            continue
+        ours = figures[f"{key}_means"]
         # Relative to the largest mean: an irrelevant feature's mean is near 0, and its relative difference noise.
         scale = max(abs(mean) for mean in ours)
         diffs = [abs(theirs - mine) / scale for theirs, mine in zip(measured["means"], ours)]
-        compared.update(sklearn_wall_to_wall=wall_s / figures["importance_command_s"],
+        ratio = "sklearn_wall_to_wall" if executor == "ray" else f"sklearn_wall_to_wall_{executor}"
+        compared.update({ratio: wall_s / figures[f"{key}_s"]},
                         means_relative_diffs=diffs, means_max_relative_diff=max(diffs))
     return compared
 
@@ -344,8 +369,11 @@ def targets(f: dict) -> list[dict]:
         ("jobs.seed_importance with its defaults, wall s", f["seed_command_s"], "<=", 12.0),
         (f"jobs.importance, {f['samples']} series x {f['repeats']} repeats, permute, MSE increase, wall s",
          f["importance_command_s"], "<=", 12.0),
+        ("the same, jobs.importance --executor local, wall s", f.get("importance_local_command_s"), "<=", 12.0),
         (f"scikit-learn wall / jobs.importance wall (n_jobs={f['sklearn_n_jobs']})", f["sklearn_wall_to_wall"],
          ">=", 5.0),
+        (f"scikit-learn wall / jobs.importance --executor local wall (n_jobs={f['sklearn_n_jobs']})",
+         f.get("sklearn_wall_to_wall_local"), ">=", 5.0),
         ("largest difference of the means, scikit-learn vs rnnimp, / largest mean",
          f["means_max_relative_diff"], "<=", 0.02),
         (f"evaluation phase / ({f['workers']} x one-thread limit of the workers' forward)", f["efficiency"],
@@ -416,16 +444,19 @@ def format_table(f: dict, passes: int, plain_passes: int) -> str:
     if f["seed_command_s"] is not None:
         lines.append(f"python -m jobs.seed_importance (defaults), start to exit: {f['seed_command_s']:.2f} s;"
                      f" means {', '.join(f'{m:.4f}' for m in f['seed_command_means'])}")
-    if f["importance_command_s"] is not None:
-        phases = ", ".join(f"{k} {v:.2f}" for k, v in f["importance_command_timings_s"].items())
-        lines.append(f"python -m jobs.importance (saved model, permute, MSE increase), start to exit:"
-                     f" {f['importance_command_s']:.2f} s; its phases, s: {phases}")
+    for executor in ("ray", "local"):
+        key = command_key(executor)
+        if f.get(f"{key}_s") is not None:
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in f[f"{key}_timings_s"].items())
+            lines.append(f"python -m jobs.importance --executor {executor} (saved model, permute, MSE increase),"
+                         f" start to exit: {f[f'{key}_s']:.2f} s; its phases, s: {phases}")
     if f["sklearn_s"] is not None:
         lines.append(f"scikit-learn permutation_importance (n_jobs={f['sklearn_n_jobs']}), start to exit:"
                      f" {f['sklearn_s']:.2f} s, of which the call {f['sklearn_call_s']:.2f} s;"
                      f" means {', '.join(f'{m:.5f}' for m in f['sklearn_means'])}")
     if f["means_relative_diffs"] is not None:
-        lines.append(f"  rnnimp's means {', '.join(f'{m:.5f}' for m in f['importance_command_means'])};"
+        ours = f["importance_command_means"] or f["importance_local_command_means"]
+        lines.append(f"  rnnimp's means {', '.join(f'{m:.5f}' for m in ours)};"
                      f" differences / largest mean {', '.join(f'{d:.2%}' for d in f['means_relative_diffs'])}")
     for name, kind in (f["kinds"] or {}).items():
         head = f"forward, one thread, {name:<20} [{kind['forward']}]: model(x) XLA {kind['keras_xla_s']:.4f} s"

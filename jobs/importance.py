@@ -71,12 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from rnnimp.modelio import architecture, configure_tensorflow, load_model
 
-        configure_tensorflow(cli.DRIVER_THREADS)
+        configure_tensorflow(workers.driver_threads)
         model = load_model(args.model, "--model")
         X, labels, names, segments, several = _load_inputs(args, model, mask_value)
         options = cli.options_from_args(args, JOB, feature_names=names, segments=segments)
         request = prepare(model, X, labels, options, parameter_names,
-                          statistics=lambda *args: (workers.ready(), dataset_statistics(*args))[1])
+                          statistics=None if workers.local else
+                          lambda *args: (workers.ready(), dataset_statistics(*args))[1])
         job = {"name": JOB, "model": args.model, "data": args.data if several else args.data[0],
                "labels": args.labels}
         cli.check_out(execution.out, {"configuration": request.configuration, "job": job}, execution.overwrite)

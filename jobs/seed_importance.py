@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from rnnimp.modelio import architecture, configure_tensorflow, load_model
 
-        configure_tensorflow(cli.DRIVER_THREADS)
+        configure_tensorflow(workers.driver_threads)
         loaded = load_model(args.model, "--model") if args.model else None
         shape_model = loaded if loaded is not None else reference.build_model(args.random_state)
         if tuple(shape_model.input_shape[1:]) != (reference.TIME_STEPS, reference.N_FEATURES):

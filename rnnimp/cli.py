@@ -216,10 +216,11 @@ class Workers:
     def __init__(self, execution: options.Execution, actors: bool = True) -> None:
         self.execution = execution
         self.actors = actors
+        self.where = ""
+        self.driver_threads = driver_threads(execution)  # TensorFlow's threads in the driver, the driver lane's
         self.started = time.perf_counter()
         self.start_ray_s = 0.0
         self.wait_ray_s = 0.0
-        self.where = ""
         self._executor: Any = None
         self._connected = False  # until stop() disconnects
         self._error: BaseException | None = None
@@ -227,6 +228,8 @@ class Workers:
         self._release = threading.Event()  # Ray is stopped: the thread may end
         self._thread = threading.Thread(target=self._start, name="rnnimp-ray", daemon=True)
         self._thread.start()
+
+    local = False  # whether the units run in this process (--executor local), not on Ray workers
 
     def _start(self) -> None:
         from . import distributed
@@ -236,7 +239,8 @@ class Workers:
             try:
                 distributed.check_gpus(self.execution.gpus_per_worker, "--gpus-per-worker")
                 executor = distributed.RayExecutor(gpus_per_worker=self.execution.gpus_per_worker,
-                                                   driver_lane=not self.execution.workers_only)
+                                                   driver_lane=not self.execution.workers_only,
+                                                   driver_lanes=self.driver_threads)
                 if self.actors:
                     executor.start()
                 self.where, self._executor, self._connected = where, executor, True
@@ -313,12 +317,14 @@ class Workers:
         Also hands what the driver compiled to XLA's persistent cache
         (:func:`rnnimp.xlacache.publish`): call once the driver compiles nothing more.
         """
-        from . import distributed, xlacache
+        from . import xlacache
 
         began = time.perf_counter()
         try:
             self._stop_executor()
             if self._connected:
+                from . import distributed
+
                 self._connected = False
                 distributed.shutdown()
         finally:
@@ -339,19 +345,48 @@ def start_workers(execution: options.Execution, actors: bool = True) -> Workers:
     and let :func:`execute` start the actors (a job that trains its model
     first, see :data:`SMALL_EVALUATION_STEPS`).
     """
-    from . import distributed  # imports Ray here: a second thread importing it alongside TensorFlow could deadlock
-
     logs.setup()
     _exit_on_sigterm()
-    _set_tensorflow_environment()
+    _set_tensorflow_environment(driver_threads(execution))
+    if execution.executor == "local":
+        return LocalWorkers(execution)
+    from . import distributed  # noqa: F401 - imports Ray here: a second thread importing it beside TensorFlow could deadlock
+
     return Workers(execution, actors)
 
 
-DRIVER_THREADS = 1  # the driver's TF thread pools, as a worker's: its work is one small op after another
+class LocalWorkers(Workers):
+    """``--executor local``: no Ray; :class:`rnnimp.worker.LocalExecutor` computes every unit in this process,
+    on :func:`driver_threads` threads."""
+
+    local = True
+
+    def __init__(self, execution: options.Execution) -> None:
+        super().__init__(execution, actors=False)
+        self.where = f"this process ({self.driver_threads} thread{'s' * (self.driver_threads > 1)}, no Ray)"
+
+    def _start(self) -> None:
+        from .worker import LocalExecutor
+
+        self._executor = LocalExecutor(self.driver_threads)
+        self._done.set()
 
 
-def _set_tensorflow_environment() -> None:
-    """Set now the variables ``configure_tensorflow(DRIVER_THREADS)`` will set before the driver imports TensorFlow,
+def driver_threads(execution: options.Execution) -> int:
+    """The driver's TensorFlow threads, and the driver lane's: ``--num-cpus`` if given, else the CPUs it may use.
+
+    The driver lane computes that many units at once (each on one thread, as
+    a worker does) while the workers start; TensorFlow runs concurrent XLA
+    programs only with as many intra-op threads. The training's result is
+    the same bit for bit with any of these counts.
+    """
+    from .worker import available_cpus
+
+    return min(execution.num_cpus or available_cpus(), available_cpus())
+
+
+def _set_tensorflow_environment(threads: int) -> None:
+    """Set now the variables ``configure_tensorflow(threads)`` will set before the driver imports TensorFlow,
     and XLA's persistent cache (:func:`rnnimp.xlacache.open_for_driver`).
 
     It then rewrites them with the same values while the Ray thread runs:
@@ -364,7 +399,7 @@ def _set_tensorflow_environment() -> None:
 
     if not logs.verbose():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(DRIVER_THREADS)
+    os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
     xlacache.open_for_driver()  # TF_XLA_FLAGS: the training and the driver lane load what earlier runs compiled
 
 
@@ -394,7 +429,6 @@ def execute(execution: options.Execution, request: options.Request, job_configur
     (nothing will be built with seeded weights), so the driver lane compiles
     at once, while the driver waits for Ray.
     """
-    from . import distributed
     from .modelio import model_to_bytes
     from .runner import run
 
@@ -405,18 +439,25 @@ def execute(execution: options.Execution, request: options.Request, job_configur
     try:
         executor = workers.ready()
         if driver is not None and loaded:
-            driver.join()
-        distributed.check_sizes(request.sample, request.labels, request.settings, architecture_json)
+            driver.wait_compiled()
+        if not workers.local:
+            from . import distributed
+
+            distributed.check_sizes(request.sample, request.labels, request.settings, architecture_json)
     except BaseException:
         if driver is not None:
             driver.join()
         workers.stop()
         raise
-    timings: dict[str, float] = {"start_ray": workers.start_ray_s, "wait_ray": workers.wait_ray_s}
+    timings: dict[str, float] = {} if workers.local else {"start_ray": workers.start_ray_s,
+                                                          "wait_ray": workers.wait_ray_s}
     # A small evaluation after a training: the workers start once the model is trained (see SMALL_EVALUATION_STEPS).
     after_training = not loaded and not execution.workers_only and evaluation_steps(request) < SMALL_EVALUATION_STEPS
 
     def start_the_workers() -> None:
+        if workers.local:
+            print(f"rnnimp: running in {workers.where}; results go to {execution.out}", flush=True)
+            return
         executor.warm_up(architecture_json, request.settings.layout.batch_size, request.inputs.shapes)
         gpus = f" ({execution.gpus_per_worker:g} GPU each)" if execution.gpus_per_worker else ""
         print(f"rnnimp: running on {workers.where} with {len(executor.actors)} workers{gpus}; results go to "
@@ -433,7 +474,7 @@ def execute(execution: options.Execution, request: options.Request, job_configur
             start_the_workers()
         if driver is not None:
             driver.start()  # if obtain_model did not (a loaded model): compiles now, under the output filter
-            driver.join()
+            driver.wait_compiled()
         result = run(model, request, executor=executor, progress=not execution.quiet, checkpoint=execution.out,
                      metadata={"job": job_configuration, **model_metadata, "timings_s": timings})
         if result.metadata["units_from_checkpoint"]:
@@ -496,14 +537,16 @@ class DriverWarmUp:
     which the training model's seeded build must have to itself, and
     TensorFlow numbers functions in the order they are traced, which keys
     XLA's persistent cache. :meth:`join` before the run, so that the lane
-    never compiles the same program twice; a warm-up that failed is left
-    to the lane, which compiles again and raises the error.
+    never compiles the same program twice (:meth:`wait_compiled`, which
+    leaves the imports to finish beside the run); a warm-up that failed is
+    left to the lane, which compiles again and raises the error.
     """
 
     def __init__(self, architecture_json: str, request: options.Request) -> None:
         self.arguments = (architecture_json, request.settings.layout.batch_size, request.inputs.shapes,
                           request.settings.jit_compile)
         self.thread: threading.Thread | None = None
+        self.compiled = threading.Event()  # the forward pass is compiled (or its compilation failed)
 
     def start(self) -> None:
         if self.thread is None:
@@ -518,7 +561,14 @@ class DriverWarmUp:
                 warm_up(*self.arguments)
         except Exception:  # the driver lane compiles again and reports it
             pass
-        preload()
+        finally:
+            self.compiled.set()
+        preload()  # while the run starts: its end needs them
+
+    def wait_compiled(self) -> None:
+        """Wait for the compilation (not the imports after it); before the run, which must not compile it again."""
+        if self.thread is not None:
+            self.compiled.wait()
 
     def join(self) -> None:
         if self.thread is not None:

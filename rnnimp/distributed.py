@@ -22,6 +22,7 @@ import shutil
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -653,7 +654,7 @@ class ActorPool:
 
     def run(self, tasks: Iterable[Task], submit: Callable[[object, Task], object],
             per_actor: int = 2, recover: Callable[[Task], None] | None = None,
-            local: Callable[[Task], object] | None = None) -> Iterator[tuple[Task, object]]:
+            local: Callable[[Task], object] | None = None, lanes: int = 1) -> Iterator[tuple[Task, object]]:
         """Yield ``(task, result)`` in completion order, at most ``per_actor`` in flight per actor.
 
         A task whose actor dies is resubmitted to another actor. A task that
@@ -663,9 +664,10 @@ class ActorPool:
 
         ``local`` (the driver lane): while fewer than ``size`` members are
         live, the caller's process computes queued tasks itself with
-        ``local(task)``, one at a time, checking between two tasks whether
-        an actor finished something or joined; once every member is live it
-        only hands out tasks. Tasks must give the same result wherever they run.
+        ``local(task)``, ``lanes`` at a time (in threads of its own when
+        more than one), checking between two such rounds whether an actor
+        finished something or joined; once every member is live it only
+        hands out tasks. Tasks must give the same result wherever they run.
         """
         pending = collections.deque(tasks)  # resubmitted tasks go back to the front
         in_flight: dict = {}  # ref -> (actor, task)
@@ -678,50 +680,58 @@ class ActorPool:
                     in_flight[submit(actor, task)] = (actor, task)
                     load[actor] += 1
 
-        fill_all()
-        last_progress = time.monotonic()
-        while in_flight or pending:
-            driver_lane = local is not None and bool(pending) and len(self.live) < self.size
-            refs = list(in_flight) + list(self.starting)
-            ready = self.backend.wait(refs, timeout=0.0 if driver_lane else 10.0) if refs or not driver_lane else []
-            if not ready and driver_lane:
-                task = pending.popleft()
-                result = local(task)
-                last_progress = time.monotonic()
-                yield task, result
-                continue
-            if not ready:
-                if time.monotonic() - last_progress > self.stall_timeout_s:
-                    raise WorkersLostError(f"no worker made progress for {self.stall_timeout_s:.0f} s "
-                                           f"({len(self.live)} live, {len(self.joining)} waiting for resources)")
-                continue
-            last_progress = time.monotonic()
-            ref = ready[0]
-            if ref in self.starting:
-                self._settle(ref)
-                fill_all()
-                continue
-            actor, task = in_flight.pop(ref)
-            load[actor] -= 1
-            try:
-                result = self.backend.get(ref)
-            except LostActor as lost:
-                pending.appendleft(task)
-                for other in [r for r, (a, _) in in_flight.items() if a is actor]:
-                    pending.appendleft(in_flight.pop(other)[1])  # its other tasks fail too; requeue them now
-                del load[actor]
-                self.lose(actor, lost)
-                fill_all()
-                continue
-            except LostObject:
-                if recover is None:
-                    raise
-                recover(task)
-                pending.appendleft(task)
-                fill_all()
-                continue
+        lane_pool = None
+        if local is not None and lanes > 1:
+            lane_pool = ThreadPoolExecutor(lanes, thread_name_prefix="rnnimp-driver-lane")
+        try:
             fill_all()
-            yield task, result
+            last_progress = time.monotonic()
+            while in_flight or pending:
+                driver_lane = local is not None and bool(pending) and len(self.live) < self.size
+                refs = list(in_flight) + list(self.starting)
+                ready = self.backend.wait(refs, timeout=0.0 if driver_lane else 10.0) if refs or not driver_lane else []
+                if not ready and driver_lane:
+                    tasks_now = [pending.popleft() for _ in range(min(lanes, len(pending)))]
+                    results = lane_pool.map(local, tasks_now) if len(tasks_now) > 1 else [local(tasks_now[0])]
+                    done_now = list(zip(tasks_now, results))  # the whole round, before any is yielded
+                    last_progress = time.monotonic()
+                    yield from done_now
+                    continue
+                if not ready:
+                    if time.monotonic() - last_progress > self.stall_timeout_s:
+                        raise WorkersLostError(f"no worker made progress for {self.stall_timeout_s:.0f} s "
+                                               f"({len(self.live)} live, {len(self.joining)} waiting for resources)")
+                    continue
+                last_progress = time.monotonic()
+                ref = ready[0]
+                if ref in self.starting:
+                    self._settle(ref)
+                    fill_all()
+                    continue
+                actor, task = in_flight.pop(ref)
+                load[actor] -= 1
+                try:
+                    result = self.backend.get(ref)
+                except LostActor as lost:
+                    pending.appendleft(task)
+                    for other in [r for r, (a, _) in in_flight.items() if a is actor]:
+                        pending.appendleft(in_flight.pop(other)[1])  # its other tasks fail too; requeue them now
+                    del load[actor]
+                    self.lose(actor, lost)
+                    fill_all()
+                    continue
+                except LostObject:
+                    if recover is None:
+                        raise
+                    recover(task)
+                    pending.appendleft(task)
+                    fill_all()
+                    continue
+                fill_all()
+                yield task, result
+        finally:
+            if lane_pool is not None:
+                lane_pool.shutdown(cancel_futures=True)
 
     def shutdown(self) -> None:
         for actor in self.live + self.joining:
@@ -742,8 +752,9 @@ class RayExecutor:
     early (before training) to overlap the workers' TensorFlow start-up and
     compilation with the driver's own work. With ``driver_lane``, the driver
     does not wait for its workers: it computes baseline shards and units
-    itself (compiling the forward pass once in its own process) while fewer
-    than all workers are live, and hands over as they join; every unit
+    itself (compiling the forward pass once in its own process), on
+    ``driver_lanes`` threads, while fewer than all workers are live, and
+    hands over as they join; every unit
     carries its seed and runs on batches of the same size, so the effects
     are the same wherever a unit ran. A worker lost in any phase
     (starting, compiling, baseline, units) is replaced and its work redone;
@@ -754,13 +765,16 @@ class RayExecutor:
 
     def __init__(self, num_workers: int | None = None, per_worker_in_flight: int = 2,
                  stall_timeout_s: float = 600.0, gpus_per_worker: float | None = None,
-                 driver_lane: bool = False) -> None:
+                 driver_lane: bool = False, driver_lanes: int = 1) -> None:
         if gpus_per_worker is not None:
             validation.gpu_share("gpus_per_worker", gpus_per_worker)
         self.gpus_per_worker = gpus_per_worker
         self.num_workers = num_workers
         self.driver_lane = driver_lane
+        self.driver_lanes = validation.positive_int("driver_lanes", driver_lanes)
         self.on_driver = {"shards": 0, "units": 0}  # work the driver lane computed
+        self._lane_lock = threading.Lock()  # the driver lane's threads: its counts
+        self._fetch_lock = threading.Lock()  # the driver lane's threads: one fetches (or recomputes) a baseline
         self.per_worker_in_flight = per_worker_in_flight
         self.stall_timeout_s = stall_timeout_s
         self.pool: ActorPool | None = None
@@ -864,11 +878,13 @@ class RayExecutor:
         def on_driver(shard: Shard) -> int:
             shard_predictions = predict_shard(job.model, job.sample, job.settings, shard)
             predictions[shard.index] = ray.put(shard_predictions)
-            self.on_driver["shards"] += 1
+            with self._lane_lock:
+                self.on_driver["shards"] += 1
             return shard_predictions.shape[1]
 
         n_outputs = {count for _, count in self.pool.run(shards, submit, self.per_worker_in_flight,
-                                                        local=on_driver if self.driver_lane else None)}
+                                                        local=on_driver if self.driver_lane else None,
+                                                        lanes=self.driver_lanes)}
         return predictions, n_outputs
 
     def baseline(self, job: EvaluationJob) -> Baseline:
@@ -920,22 +936,27 @@ class RayExecutor:
 
         fetched: dict[int, tuple] = {}  # shard index -> (ref, predictions) the driver lane fetched
 
+        def shard_baseline(shard: Shard) -> np.ndarray:
+            """The shard's baseline predictions, fetched once per reference (one lane thread at a time)."""
+            with self._fetch_lock:
+                while fetched.get(shard.index, (None,))[0] is not self._baseline_shards[shard.index]:
+                    ref = self._baseline_shards[shard.index]
+                    try:
+                        fetched[shard.index] = (ref, ray.get(ref))
+                    except ObjectLostError:  # lost with its node: compute it again, then use the new one
+                        self._recompute_baseline(job, shard)
+                return fetched[shard.index][1]
+
         def on_driver(batch: UnitBatch):
-            ref = self._baseline_shards[batch.shard.index]
-            if fetched.get(batch.shard.index, (None,))[0] is not ref:
-                try:
-                    fetched[batch.shard.index] = (ref, ray.get(ref))
-                except ObjectLostError:  # lost with its node: compute it again, then use the new one
-                    self._recompute_baseline(job, batch.shard)
-                    return on_driver(batch)
-            self.on_driver["units"] += len(batch.units)
-            return unit_sums_many(job.model, job.sample, fetched[batch.shard.index][1], job.labels, job.settings,
-                                  batch.units)
+            predictions = shard_baseline(batch.shard)
+            with self._lane_lock:
+                self.on_driver["units"] += len(batch.units)
+            return unit_sums_many(job.model, job.sample, predictions, job.labels, job.settings, batch.units)
 
         started = time.perf_counter()
         for batch, sums in self.pool.run(batches, submit, self.per_worker_in_flight,
-                                         recover=recover,
-                                         local=on_driver if self.driver_lane else None):
+                                         recover=recover, local=on_driver if self.driver_lane else None,
+                                         lanes=self.driver_lanes):
             yield from zip(batch.units, sums)
         self.timings["units"] += time.perf_counter() - started
 

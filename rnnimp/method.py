@@ -198,6 +198,11 @@ class ShardEvaluator:
         self._permutation: tuple[tuple, np.ndarray] | None = None
         self._stratified: tuple | None = None  # (key, strata ids, donors) of the last conditional permutation
 
+    def lane(self) -> "ShardEvaluator":
+        """A new evaluator on the same compiled forward pass, with buffers of its own: one per thread that
+        evaluates at the same time as others (the buffers and the kept permutation are per evaluator)."""
+        return ShardEvaluator(self.forward, self.batch_size, inputs=self.inputs, output_mask=self.output_mask)
+
     def compile(self) -> None:
         """Trace and compile the forward pass now (on the zero buffers), not on the first unit."""
         self._forward()

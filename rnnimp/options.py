@@ -41,6 +41,7 @@ PERTURBATIONS = (*_PERTURB_KINDS, CONDITIONAL)
 from .worker import Settings
 
 JOBS = ("seed_importance", "importance")  # the importance jobs, by module name under jobs/
+JOB_EXECUTORS = ("ray", "local")  # where a job evaluates: Ray workers, or its own process on threads
 
 
 @dataclass(frozen=True)
@@ -339,9 +340,15 @@ class Execution:
 
     out: str | None = _option(
         None, flag="--out", help="output folder or pyarrow.fs URI, e.g. s3://bucket/run (default: %(default)s)")
+    executor: str = _option(
+        "ray", flag="--executor", choices=JOB_EXECUTORS,
+        help="ray: Ray workers, on the cluster in RAY_ADDRESS or an embedded local Ray; local: this process "
+             "alone, on --num-cpus threads, without Ray (one machine, no start-up of seconds) "
+             "(default: %(default)s)")
     num_cpus: int | None = _option(
         None, flag="--num-cpus", type=int,
-        help="CPUs of the embedded local Ray (default: all); ignored when RAY_ADDRESS is set")
+        help="CPUs of the embedded local Ray, or threads of --executor local (default: all); ignored when "
+             "RAY_ADDRESS is set")
     gpus_per_worker: float | None = _option(
         None, flag="--gpus-per-worker", type=float,
         help="GPUs each Ray worker requests: a fraction in (0, 1] shares a GPU between workers, or a whole "
@@ -361,8 +368,15 @@ class Execution:
         help="also show TensorFlow's, absl's and Ray's own log lines")
 
     def check(self, names: Names = API_NAMES) -> "Execution":
+        if self.executor not in JOB_EXECUTORS:
+            raise InvalidParameterError(names("executor"), f"must be one of {', '.join(JOB_EXECUTORS)}", self.executor)
         if self.num_cpus is not None:
             validation.positive_int(names("num_cpus"), self.num_cpus)
+        if self.executor == "local":
+            for option, value in (("gpus_per_worker", self.gpus_per_worker), ("workers_only", self.workers_only)):
+                if value not in (None, False):
+                    raise InvalidParameterError(names(option), f"applies to Ray workers, not to "
+                                                f"{names('executor')} local", value)
         validation.positive_finite(names("connect_timeout"), self.connect_timeout)
         if self.gpus_per_worker is not None:
             validation.gpu_share(names("gpus_per_worker"), self.gpus_per_worker)

@@ -197,7 +197,7 @@ def _run(model, request: Request, runner: Executor, progress: bool, checkpoint: 
         "versions": library_versions(),
         "timings_s": {"evaluate": evaluate_s, **runner.timings},
     }
-    workers = runner.describe()  # where the units ran (RayExecutor: count, GPU share, devices)
+    workers = runner.describe()  # where the units ran (Ray: count, GPU share, devices; local: threads)
     if workers is not None:
         run_metadata["workers"] = workers
     results = []

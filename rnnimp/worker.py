@@ -9,14 +9,19 @@ therefore be warmed up with the architecture alone, before the weights exist
 
 from __future__ import annotations
 
+import math
+import os
 import resource
+import threading
+import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import logs, xlacache
+from . import logs, validation, xlacache
 from .forward import model_forward, output_masked
 from .inputs import InputLayout
 from .method import Layout, Measures, Metric, Shard, ShardEvaluator, Unit, as_inputs
@@ -68,32 +73,36 @@ class _CachedEvaluator:
 
 
 _EVALUATORS: dict[tuple, _CachedEvaluator] = {}
+_EVALUATORS_LOCK = threading.RLock()  # one thread builds (and sets the weights of) an evaluator at a time
+_LANES = threading.local()  # per thread: cache key -> its own evaluator on the cached compiled forward pass
 
 
 InputShapes = tuple[tuple[int, ...], ...]  # per model input, the shape of one series' data
 
 
+def _key(architecture_json: str, batch_size: int, input_shapes: InputShapes, jit_compile: bool) -> tuple:
+    """The key of :data:`_EVALUATORS`: the architecture JSON itself (a string caches its hash, and comparing
+    two equal strings is far cheaper than hashing one with SHA-256 on every call), batch size, shapes, XLA."""
+    return architecture_json, batch_size, tuple(tuple(int(d) for d in shape) for shape in input_shapes), jit_compile
+
+
 def _cached(architecture_json: str, batch_size: int, input_shapes: InputShapes, jit_compile: bool) -> _CachedEvaluator:
-    """This process's evaluator for an architecture and batch shapes, built and compiled once.
+    """This process's evaluator for an architecture and batch shapes, built and compiled once (by one thread)."""
+    key = _key(architecture_json, batch_size, input_shapes, jit_compile)
+    with _EVALUATORS_LOCK:
+        if key not in _EVALUATORS:
+            import keras
 
-    Keyed by the architecture JSON itself: a string caches its hash, and
-    comparing two equal strings is far cheaper than hashing one with SHA-256
-    on every call.
-    """
-    shapes = tuple(tuple(int(d) for d in shape) for shape in input_shapes)
-    key = (architecture_json, batch_size, shapes, jit_compile)
-    if key not in _EVALUATORS:
-        import keras
-
-        model = keras.models.model_from_json(architecture_json)
-        evaluator = ShardEvaluator(model_forward(model, jit_compile), batch_size,
-                                   inputs=InputLayout(tuple(f"input_{i}" for i in range(len(shapes))), shapes),
-                                   output_mask=output_masked(model))
-        with logs.filtered_stderr(not logs.verbose()):  # XLA's notes on a program loaded from its cache
-            evaluator.compile()
-        xlacache.publish(keep_open=True)  # a worker may be killed, not ended: share the program now
-        _EVALUATORS[key] = _CachedEvaluator(model, evaluator, None)
-    return _EVALUATORS[key]
+            shapes = key[2]
+            model = keras.models.model_from_json(architecture_json)
+            evaluator = ShardEvaluator(model_forward(model, jit_compile), batch_size,
+                                       inputs=InputLayout(tuple(f"input_{i}" for i in range(len(shapes))), shapes),
+                                       output_mask=output_masked(model))
+            with logs.filtered_stderr(not logs.verbose()):  # XLA's notes on a program loaded from its cache
+                evaluator.compile()
+            xlacache.publish(keep_open=True)  # a worker may be killed, not ended: share the program now
+            _EVALUATORS[key] = _CachedEvaluator(model, evaluator, None)
+        return _EVALUATORS[key]
 
 
 def warm_up(architecture_json: str, batch_size: int, input_shapes: InputShapes, jit_compile: bool) -> None:
@@ -113,16 +122,26 @@ def evaluator_for(model: ModelSpec, settings: Settings, sample) -> ShardEvaluato
     """This process's evaluator for ``model`` and ``sample``'s shapes at the layout's batch size.
 
     It holds the model's weights and the run's input layout (masks).
+    Each thread gets an evaluator of its own (its own batch buffers) on the
+    process's one compiled forward pass, so that several threads may
+    evaluate at once (:class:`LocalExecutor`, the driver lane); they share
+    the model's weights, so they must evaluate the same model.
     """
     layout = settings.inputs
     if layout is None:
         layout = InputLayout.single(*input_shapes(sample)[0])
-    cached = _cached(model.architecture_json, settings.layout.batch_size, layout.shapes, settings.jit_compile)
-    if cached.fingerprint != model.fingerprint:
-        cached.model.set_weights(list(model.weights))
-        cached.fingerprint = model.fingerprint
-    cached.evaluator.inputs = layout
-    return cached.evaluator
+    key = _key(model.architecture_json, settings.layout.batch_size, layout.shapes, settings.jit_compile)
+    with _EVALUATORS_LOCK:
+        cached = _cached(*key)
+        if cached.fingerprint != model.fingerprint:
+            cached.model.set_weights(list(model.weights))
+            cached.fingerprint = model.fingerprint
+    lanes = _LANES.__dict__.setdefault("evaluators", {})
+    evaluator = lanes.get(key)
+    if evaluator is None or evaluator.forward is not cached.evaluator.forward:
+        evaluator = lanes[key] = cached.evaluator.lane()
+    evaluator.inputs = layout
+    return evaluator
 
 
 _READERS: "OrderedDict[tuple[str, int], object]" = OrderedDict()  # (dataset fingerprint, budget) -> ShardReader
@@ -232,36 +251,78 @@ def rss_parts_bytes() -> dict[str, int]:
 
 
 LOCAL_RUN = 64  # units of one shard the local executor computes in one call
+RUNS_PER_THREAD = 4  # with several threads, at least this many runs each, to balance them
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class LocalExecutor:
-    """Runs every unit in this process, one after the other."""
+    """Runs every unit in this process, on ``threads`` threads (default: :func:`available_cpus`).
+
+    The threads share the process's one compiled forward pass, each with
+    batch buffers of its own (:func:`evaluator_for`); TensorFlow releases
+    the GIL while it computes, so they run at once. The effects are the
+    same bit for bit with any number of threads (every unit carries its
+    seed). TensorFlow runs concurrent XLA programs only if its intra-op
+    pool has as many threads (its default: one per CPU).
+    """
 
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = available_cpus() if threads is None else validation.positive_int("threads", threads)
         self.timings: dict[str, float] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _map(self, function: Callable, items: list) -> Iterator:
+        """``map(function, items)`` on the executor's threads (in the caller's, with one thread), in order."""
+        if self.threads == 1 or len(items) < 2:
+            return map(function, items)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rnnimp-local")
+        return self._pool.map(function, items)
 
     def baseline(self, job: EvaluationJob) -> Baseline:
         """Predictions of every shard of the sample, in this process."""
-        shards = tuple(predict_shard(job.model, job.sample, job.settings, shard)
-                       for shard in job.settings.layout.shards)
+        started = time.perf_counter()
+        shards = tuple(self._map(lambda shard: predict_shard(job.model, job.sample, job.settings, shard),
+                                 job.settings.layout.shards))
+        self.timings["baseline"] = time.perf_counter() - started
+        self.timings.setdefault("units", 0.0)
         return Baseline(shards, shards[0].shape[1])
 
     def evaluate(self, job: EvaluationJob, baseline: Baseline, units: list[Unit]):
         """Yield ``(unit, per-batch sums)`` for each unit, in plan order.
 
         Consecutive units of one shard are computed together (at most
-        :data:`LOCAL_RUN` at a time), sharing their set-up.
+        :data:`LOCAL_RUN` at a time, fewer with several threads so that
+        each gets :data:`RUNS_PER_THREAD` runs), sharing their set-up.
         """
-        for run in shard_runs(units, LOCAL_RUN):
-            sums = unit_sums_many(job.model, job.sample, baseline.shards[run[0].shard.index], job.labels,
+        most = LOCAL_RUN if self.threads == 1 else max(1, min(
+            LOCAL_RUN, math.ceil(len(units) / (self.threads * RUNS_PER_THREAD))))
+
+        def sums_of(run: list[Unit]) -> np.ndarray:
+            return unit_sums_many(job.model, job.sample, baseline.shards[run[0].shard.index], job.labels,
                                   job.settings, run)
+
+        runs = list(shard_runs(units, most))
+        started = time.perf_counter()
+        for run, sums in zip(runs, self._map(sums_of, runs)):
             yield from zip(run, sums)
+        self.timings["units"] = self.timings.get("units", 0.0) + time.perf_counter() - started
 
     def shutdown(self) -> None:
-        """Nothing to release: the compiled evaluators stay cached in this process."""
+        """Stop the threads; the compiled evaluators stay cached in this process."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
-    def describe(self) -> None:
-        """Nothing to record: every unit ran in this process (the metadata's ``executor`` says so)."""
-        return None
+    def describe(self) -> dict:
+        """For the run's metadata (``workers``): every unit ran in this process, on this many threads."""
+        return {"threads": self.threads}

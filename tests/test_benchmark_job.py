@@ -33,7 +33,7 @@ def assert_targets_consistent(figures: dict, table: str) -> None:
 def test_benchmark_measures_every_target_beside_its_bound():
     done = call_job("jobs.benchmark", *SMALL, "--per-step-series", "60", "--per-step-repeats", "2",
                     "--kinds-series", "2048", "--kinds", ",".join(KINDS), "--sklearn-jobs", "1",
-                    "--skip-seed-command")
+                    "--skip-seed-command", "--importance-executors", "local")  # Ray's run: the same code, another flag
     assert done.returncode == 0, done.stderr[-3000:]
     *table, last = done.stdout.strip().splitlines()
     text = "\n".join(table)
@@ -41,15 +41,17 @@ def test_benchmark_measures_every_target_beside_its_bound():
     assert (figures["samples"], figures["repeats"], figures["workers"]) == (3000, 3, 2)
     assert figures["forward"] == "fused-lstm"
     # The whole command includes its units phase and every other phase it reports (phases may overlap).
-    timings = figures["importance_command_timings_s"]
-    assert figures["importance_command_s"] > timings["units"] > 0
-    assert figures["importance_command_s"] > max(timings.values())
+    timings = figures["importance_local_command_timings_s"]
+    assert figures["importance_local_command_s"] > timings["units"] > 0
+    assert figures["importance_local_command_s"] > max(timings.values()) and "start_ray" not in timings
+    assert "python -m jobs.importance --executor local (saved model" in text
     assert figures["seed_command_s"] is None and figures["seed_command_means"] is None  # skipped
+    assert figures["importance_command_s"] is None and figures["sklearn_wall_to_wall"] is None  # Ray's: not asked
     # scikit-learn: its process wall covers its call; the ratio is wall to wall; the means measure the same thing.
     assert figures["sklearn_s"] > figures["sklearn_call_s"] > 0 and figures["sklearn_n_jobs"] == 1
-    assert figures["sklearn_wall_to_wall"] == pytest.approx(figures["sklearn_s"] / figures["importance_command_s"],
-                                                            rel=1e-4)
-    ours, theirs = np.array(figures["importance_command_means"]), np.array(figures["sklearn_means"])
+    assert figures["sklearn_wall_to_wall_local"] == pytest.approx(
+        figures["sklearn_s"] / figures["importance_local_command_s"], rel=1e-4)
+    ours, theirs = np.array(figures["importance_local_command_means"]), np.array(figures["sklearn_means"])
     assert ours.shape == theirs.shape == (3,)
     assert np.argmax(ours) == np.argmax(theirs) and figures["means_max_relative_diff"] < 0.25
     assert figures["means_max_relative_diff"] == pytest.approx(max(figures["means_relative_diffs"]), rel=1e-4)
@@ -76,7 +78,7 @@ def test_benchmark_measures_every_target_beside_its_bound():
     # Per-step case: one cell per (target, step, repeat).
     assert figures["per_step_units_s"] > 0 and figures["per_step_cells"] == 3 * 10 * 2
     assert figures["plain_steps_per_s"] > 0 and figures["speedup_over_plain"] > 0
-    assert len(figures["targets"]) == 6 + len(KINDS) + 1
+    assert len(figures["targets"]) == 8 + len(KINDS) + 1
     assert_targets_consistent(figures, text)
     assert "(a) plain loop" in text and "(c) rnnimp on 2 Ray workers" in text and "targets (issue 14):" in text
 
@@ -88,14 +90,14 @@ def test_benchmark_skips_the_expensive_parts_and_says_so():
     assert done.returncode == 0, done.stderr[-3000:]
     *table, last = done.stdout.strip().splitlines()
     figures = json.loads(last)
-    for skipped in ("seed_command_s", "importance_command_s", "sklearn_s", "sklearn_wall_to_wall",
-                    "means_max_relative_diff", "kinds", "per_step_units_s", "plain_steps_per_s"):
+    for skipped in ("seed_command_s", "importance_command_s", "importance_local_command_s", "sklearn_s",
+                    "sklearn_wall_to_wall", "sklearn_wall_to_wall_local", "means_max_relative_diff", "kinds", "per_step_units_s", "plain_steps_per_s"):
         assert skipped in figures and figures[skipped] is None, skipped
     assert figures["efficiency"] > 0 and figures["eval_vs_plain_tf"] > 0  # always measured
     measured = [row for row in figures["targets"] if row["measured"] is not None]
     assert [row["name"].split(" / ")[0] for row in measured] == ["evaluation phase"] * 2
     assert "(a) plain loop" not in "\n".join(table)
-    assert "\n".join(table).count("skipped") == 5
+    assert "\n".join(table).count("skipped") == 7
     assert_targets_consistent(figures, "\n".join(table))
 
 
@@ -171,8 +173,9 @@ def test_targets_compare_each_figure_with_its_bound_and_mark_what_is_missing():
                "efficiency": 0.89, "eval_vs_plain_tf": 2.0, "per_step_units_s": None,
                "kinds": {"GRU": {"forward": "fused-rnn", "speedup": 1.6},
                          "two inputs + static": {"forward": "keras-xla", "speedup": None}}}
+    figures.update(importance_local_command_s=9.0, sklearn_wall_to_wall_local=5.5)
     rows = targets(figures)
-    assert [row["met"] for row in rows] == [True, False, None, True, False, True, True, None, None]
+    assert [row["met"] for row in rows] == [True, False, True, None, True, True, False, True, True, None, None]
     figures["targets"] = rows
     text = format_targets(figures)
     assert "n/a (not supported yet)" in text and text.count("NOT met") == 2 and text.count("skipped") == 2

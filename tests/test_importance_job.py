@@ -105,3 +105,44 @@ def test_overwrite_discards_results_of_another_configuration(tmp_path):
     cli.check_out(str(out), {"configuration": {"n_repeats": 5}, "job": {"name": "importance"}}, overwrite=False)
     cli.check_out(str(out), current, overwrite=True)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_executor_local_runs_in_this_process_without_ray_with_the_effects_of_one_thread(files, tmp_path,
+                                                                                      monkeypatch):
+    import ray
+
+    from rnnimp import distributed, sensitivity_importance
+    from rnnimp.modelio import load_model
+    from rnnimp.output import read_metadata
+    from rnnimp.worker import LocalExecutor
+
+    monkeypatch.setattr(distributed, "connect", lambda *args, **kwargs: pytest.fail("--executor local started Ray"))
+    out = tmp_path / "local"
+    done = call_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/data.npy",
+                    "--perturbation", "permute", "--repeats", "5", "--shard-size", "32", "--eval-batch-size", "16",
+                    "--seed", "3", "--executor", "local", "--num-cpus", "2", "--quiet", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"rnnimp: running in this process (2 threads, no Ray); results go to {out}" in done.stdout
+    assert not ray.is_initialized()
+    metadata = read_metadata(str(out / "summary.parquet"))
+    assert metadata["executor"] == "local" and metadata["workers"] == {"threads": 2}
+    assert "start_ray" not in metadata["timings_s"]
+    assert "units" in done.stdout.split("phases:")[1]
+    one_thread = sensitivity_importance(
+        load_model(f"{files}/model.keras"), np.load(f"{files}/data.npy"), perturbation="permute", n_repeats=5,
+        shard_size=32, batch_size=16, random_state=3, executor=LocalExecutor(threads=1))
+    effects = pq.read_table(out / "effects.parquet").replace_schema_metadata(None)
+    assert one_thread.effects_table().replace_schema_metadata(None).select(effects.column_names).equals(effects)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--gpus-per-worker", "0.5"], "--gpus-per-worker: applies to Ray workers, not to --executor local, got 0.5"),
+    (["--workers-only"], "--workers-only: applies to Ray workers, not to --executor local, got True"),
+])
+def test_executor_local_refuses_options_of_ray_workers(files, tmp_path, extra, message):
+    out = tmp_path / "out"
+    done = call_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/data.npy",
+                    "--executor", "local", *extra, "--out", str(out), ray=False)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -335,6 +335,26 @@ def test_driver_lane_shares_work_while_an_actor_is_missing_and_stops_once_all_ar
     assert run_all(everyone, range(12), local=never) == {task: task * 10 for task in range(12)}
 
 
+
+def test_driver_lane_with_several_lanes_computes_that_many_tasks_at_once_each_once():
+    import threading
+
+    backend = FakeBackend(never_ready={0, 1})
+    pool = ActorPool(2, stall_timeout_s=0.5, backend=backend)
+    both_running = threading.Barrier(3, timeout=10)  # three lanes: only passes if three tasks run at once
+    threads, computed = set(), []
+
+    def on_driver(task):
+        if task < 3:  # the first round
+            both_running.wait()
+        threads.add(threading.current_thread().name)
+        computed.append(task)
+        return task * 10
+
+    assert run_all(pool, range(10), local=on_driver, lanes=3) == {task: task * 10 for task in range(10)}
+    assert sorted(computed) == list(range(10))
+    assert len({name for name in threads if name.startswith("rnnimp-driver-lane")}) == 3
+
 # ---- batches of units: one actor call each ----------------------------------------------------------------
 
 def test_unit_batches_hold_every_unit_once_one_shard_each_and_about_a_calls_work():

@@ -106,3 +106,21 @@ def test_ray_executor_made_by_run_leaves_no_actors_and_no_ray_it_started(model, 
     unconnected = sensitivity_importance(model, sample, n_repeats=2, executor="ray")  # starts its own Ray...
     assert not ray.is_initialized()  # ...and stops it
     np.testing.assert_array_equal(unconnected.effects, local.effects)
+
+
+def test_the_local_executor_gives_the_same_effects_on_any_number_of_threads(model, sample):
+    run = dict(n_repeats=4, random_state=11, per_step=True, batch_size=8, shard_size=16,
+               metric=("rms", "mae"))
+    one, three = LocalExecutor(threads=1), LocalExecutor(threads=3)
+    try:
+        alone = sensitivity_importance(model, sample, executor=one, **run)
+        threaded = sensitivity_importance(model, sample, executor=three, **run)
+        permuted = [sensitivity_importance(model, sample, executor=executor, perturbation="permute", **run)
+                    for executor in (one, three)]
+    finally:
+        three.shutdown()
+    assert three.threads == 3 and alone.metadata["n_units"] == 3 * 3 * 4 * 3  # features x steps x repeats x shards
+    assert alone.effects_table().equals(threaded.effects_table())
+    assert permuted[0].effects_table().equals(permuted[1].effects_table())
+    with pytest.raises(InvalidParameterError, match="threads: must be a positive integer, got 0"):
+        LocalExecutor(threads=0)
