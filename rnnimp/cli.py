@@ -350,7 +350,8 @@ def start_workers(execution: options.Execution, actors: bool = True) -> Workers:
     _set_tensorflow_environment(driver_threads(execution))
     if execution.executor == "local":
         return LocalWorkers(execution)
-    from . import distributed  # noqa: F401 - imports Ray here: a second thread importing it beside TensorFlow could deadlock
+    # Ray is imported here: a second thread importing it beside TensorFlow could deadlock.
+    from . import distributed  # noqa: F401
 
     return Workers(execution, actors)
 

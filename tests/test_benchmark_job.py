@@ -91,7 +91,8 @@ def test_benchmark_skips_the_expensive_parts_and_says_so():
     *table, last = done.stdout.strip().splitlines()
     figures = json.loads(last)
     for skipped in ("seed_command_s", "importance_command_s", "importance_local_command_s", "sklearn_s",
-                    "sklearn_wall_to_wall", "sklearn_wall_to_wall_local", "means_max_relative_diff", "kinds", "per_step_units_s", "plain_steps_per_s"):
+                    "sklearn_wall_to_wall", "sklearn_wall_to_wall_local", "means_max_relative_diff", "kinds",
+                    "per_step_units_s", "plain_steps_per_s"):
         assert skipped in figures and figures[skipped] is None, skipped
     assert figures["efficiency"] > 0 and figures["eval_vs_plain_tf"] > 0  # always measured
     measured = [row for row in figures["targets"] if row["measured"] is not None]
