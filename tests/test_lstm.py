@@ -335,3 +335,34 @@ def test_direct_calls_run_the_tf_functions_own_trace_bit_for_bit():
         direct = direct_calls(compiled)
         for batch in batches:  # a new shape, then one seen before
             np.testing.assert_array_equal(direct(batch).numpy(), compiled(batch).numpy())
+
+
+def test_flat_call_skips_the_argument_binding_only_where_it_gives_the_same_outputs():
+    import tensorflow as tf
+
+    from rnnimp.forward import flat_call
+
+    model = randomize(sequential(L.LSTM(4)), 3)
+    batch = series(6)
+    concrete = tf.function(lambda b: (model(b, training=False), 2.0 * b), jit_compile=True).get_concrete_function(batch)
+    fast = flat_call(concrete, batch)
+    assert fast is not concrete  # this TensorFlow has the private call, and it agrees
+    other_batch = series(6) + 1.0
+    for ours, theirs in zip(fast(other_batch), concrete(other_batch), strict=True):  # a tuple, as concrete's
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+    class Disagreeing:  # another TensorFlow whose private call means something else
+        captured_inputs = ()
+
+        def __call__(self, batch):
+            return tf.constant([1.0])
+
+        def _call_flat(self, tensors, captured):
+            return tf.constant([2.0])
+
+    class Without:  # a TensorFlow without it
+        def __call__(self, batch):
+            return tf.constant([1.0])
+
+    for other in (Disagreeing(), Without()):
+        assert flat_call(other, batch) is other
