@@ -76,7 +76,7 @@ def test_loss_increase_per_step_map_from_npy(files, tmp_path):
     out = tmp_path / "steps"
     done = call_job("jobs.importance", "--model", f"{files}/model.keras", "--data", f"{files}/data.npy",
                    "--labels", f"{files}/labels.npy", "--metric", "loss-increase", "--per-step",
-                   "--repeats", "3", "--num-cpus", "1", "--quiet", "--out", str(out))
+                   "--repeats", "3", "--executor", "local", "--quiet", "--out", str(out))  # Ray adds nothing here
     assert done.returncode == 0, done.stderr
     effects = pq.read_table(out / "effects.parquet")
     assert effects.num_rows == 3 * 4 * 3 and "step" in effects.column_names
