@@ -309,7 +309,8 @@ class Workers:
         if self._executor is not None:
             self._executor.shutdown()
             self._executor = None
-        gc.collect()  # object references in reference cycles, dropped while Ray can still take them
+        if self._connected:
+            gc.collect()  # object references in reference cycles, dropped while Ray can still take them
 
     def stop(self) -> float:
         """Stop the workers and disconnect (once the background start has finished); the seconds it took.
