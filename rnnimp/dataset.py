@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -508,6 +509,7 @@ class ShardReader:
     read_s: float = 0.0
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)  # (start, stop) -> array, used last at the end
     _layout: tuple[int, int] | None = field(default=None, repr=False)  # the first shard of the layout in use
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # threads of one process share it
 
     @property
     def cached_bytes(self) -> int:
@@ -516,33 +518,39 @@ class ShardReader:
     def use_layout(self, shards: Sequence[Shard]) -> None:
         """Units of ``shards`` (a layout's shards) follow: drop cached shards that are not among them."""
         first = (shards[0].start, shards[0].stop) if shards else None
-        if first == self._layout:
-            return
-        self._layout = first
-        wanted = {(shard.start, shard.stop) for shard in shards}
-        for key in [key for key in self._cache if key not in wanted]:
-            del self._cache[key]
-            self.evictions += 1
+        with self._lock:
+            if first == self._layout:
+                return
+            self._layout = first
+            wanted = {(shard.start, shard.stop) for shard in shards}
+            for key in [key for key in self._cache if key not in wanted]:
+                del self._cache[key]
+                self.evictions += 1
 
     def read(self, shard: Shard) -> np.ndarray:
         """The shard's series, float32 (series, time, features) or (series, features) for a static input;
-        read only if not cached. Read only."""
+        read only if not cached. Read only.
+
+        One thread reads at a time (the :class:`~rnnimp.worker.LocalExecutor`'s
+        threads share a reader): a shard two threads want is read once.
+        """
         key = (shard.start, shard.stop)
-        if key in self._cache:
-            self.hits += 1
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        self.misses += 1
-        started = time.perf_counter()
-        array = read_shard(self.plan, shard)
-        self.read_s += time.perf_counter() - started
-        array.flags.writeable = False
-        if array.nbytes <= self.budget_bytes:
-            while self._cache and self.cached_bytes + array.nbytes > self.budget_bytes:
-                self._cache.popitem(last=True)  # the most recently used: see the class docstring
-                self.evictions += 1
-            self._cache[key] = array
-        return array
+        with self._lock:
+            if key in self._cache:
+                self.hits += 1
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            self.misses += 1
+            started = time.perf_counter()
+            array = read_shard(self.plan, shard)
+            self.read_s += time.perf_counter() - started
+            array.flags.writeable = False
+            if array.nbytes <= self.budget_bytes:
+                while self._cache and self.cached_bytes + array.nbytes > self.budget_bytes:
+                    self._cache.popitem(last=True)  # the most recently used: see the class docstring
+                    self.evictions += 1
+                self._cache[key] = array
+            return array
 
     def rows(self, indices: np.ndarray, shards: Sequence[Shard]) -> np.ndarray:
         """Series ``indices`` (global, int64 (n,)) as float32 (n, time, features) (static: (n, features)),

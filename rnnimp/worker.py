@@ -146,6 +146,7 @@ def evaluator_for(model: ModelSpec, settings: Settings, sample) -> ShardEvaluato
 
 _READERS: "OrderedDict[tuple[str, int], object]" = OrderedDict()  # (dataset fingerprint, budget) -> ShardReader
 _KEPT_READERS = 4
+_READERS_LOCK = threading.Lock()
 
 
 def shard_reader(dataset_input):
@@ -154,12 +155,13 @@ def shard_reader(dataset_input):
     from .dataset import ShardReader
 
     key = (dataset_input.fingerprint, dataset_input.budget_bytes)
-    if key not in _READERS:
-        _READERS[key] = ShardReader(dataset_input.plan, dataset_input.budget_bytes)
-        while len(_READERS) > _KEPT_READERS:
-            _READERS.popitem(last=False)
-    _READERS.move_to_end(key)
-    return _READERS[key]
+    with _READERS_LOCK:  # the local executor's threads
+        if key not in _READERS:
+            _READERS[key] = ShardReader(dataset_input.plan, dataset_input.budget_bytes)
+            while len(_READERS) > _KEPT_READERS:
+                _READERS.popitem(last=False)
+        _READERS.move_to_end(key)
+        return _READERS[key]
 
 
 def materialize(sample, settings: Settings):

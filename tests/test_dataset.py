@@ -113,6 +113,39 @@ def test_cache_reads_each_shard_once_within_budget(dataset, sample):
     assert (small.misses, small.hits, small.cached_bytes) == (2, 0, 0)
 
 
+def test_threads_sharing_a_reader_read_a_shard_once(dataset, monkeypatch):
+    import threading
+    import time
+
+    from rnnimp import dataset as datasets
+
+    plan = DatasetPlan.open(dataset)
+    shard = Layout.for_sample(N_SERIES, 16, 32).shards[1]
+    reads = []
+
+    def slow_read(plan, shard):  # a read long enough for the other thread to ask for the same shard meanwhile
+        reads.append(shard)
+        time.sleep(0.3)
+        return read_shard(plan, shard)
+
+    monkeypatch.setattr(datasets, "read_shard", slow_read)
+    reader = ShardReader(plan, budget_bytes=plan.nbytes)
+    start = threading.Barrier(2)
+    arrays = []
+
+    def read() -> None:
+        start.wait()
+        arrays.append(reader.read(shard))
+
+    threads = [threading.Thread(target=read) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert reads == [shard] and (reader.misses, reader.hits) == (1, 1)
+    assert arrays[0] is arrays[1]
+
+
 def test_sweeps_longer_than_the_budget_still_hit(dataset):
     """Units meet shards in sweeps (every target and repeat): least-recently-used eviction would hit nothing."""
     plan = DatasetPlan.open(dataset)
@@ -332,15 +365,21 @@ def test_units_on_the_dataset_view_equal_in_memory_units(dataset, sample, kind):
     steps = [None, 3] if kind.endswith("resample") else [None]
     units = plan_units(7, targets, range(2), layout.shards, steps, resample=kind.endswith("resample"))
     reader = ShardReader(plan, budget_bytes=plan.nbytes)
+    small = ShardReader(plan, budget_bytes=3 * plan.nbytes // N_SERIES * 32)  # 3 shards of 32 series: evictions
     results = []
-    for data in (sample, SampleView(reader, layout.shards)):
+    for data, threads in ((sample, 1), (SampleView(reader, layout.shards), 3), (SampleView(small, layout.shards), 3)):
         job = EvaluationJob(spec, data, None, settings)
-        executor = LocalExecutor()
-        baseline = executor.baseline(job)
-        results.append([sums for _, sums in executor.evaluate(job, baseline, units)])
-    for in_memory, from_dataset in zip(*results):
-        np.testing.assert_array_equal(from_dataset, in_memory)
-    assert reader.misses == len(layout.shards)  # every shard read once, whatever the units
+        executor = LocalExecutor(threads)  # three threads share each reader
+        try:
+            baseline = executor.baseline(job)
+            results.append(dict(executor.evaluate(job, baseline, units)))
+        finally:
+            executor.shutdown()
+    for from_dataset in results[1:]:
+        for unit, in_memory in results[0].items():
+            np.testing.assert_array_equal(from_dataset[unit], in_memory)
+    assert reader.misses == len(layout.shards)  # every shard read once, whatever the units and threads
+    assert small.evictions > 0 and small.cached_bytes <= small.budget_bytes
 
 
 def test_plan_and_reader_travel_to_workers_by_pickle(dataset, sample, s3):
