@@ -359,18 +359,22 @@ def start_workers(execution: options.Execution, actors: bool = True) -> Workers:
 
 class LocalWorkers(Workers):
     """``--executor local``: no Ray; :class:`rnnimp.worker.LocalExecutor` computes every unit in this process,
-    on :func:`driver_threads` threads."""
+    on :data:`rnnimp.worker.THREADS_PER_CPU` threads per CPU of :func:`driver_threads`."""
 
     local = True
 
     def __init__(self, execution: options.Execution) -> None:
+        from .worker import THREADS_PER_CPU
+
+        self.threads = THREADS_PER_CPU * driver_threads(execution)
         super().__init__(execution, actors=False)
-        self.where = f"this process ({self.driver_threads} thread{'s' * (self.driver_threads > 1)}, no Ray)"
+        cpus = self.driver_threads
+        self.where = f"this process ({cpus} CPU{'s' * (cpus > 1)}, {self.threads} threads, no Ray)"
 
     def _start(self) -> None:
         from .worker import LocalExecutor
 
-        self._executor = LocalExecutor(self.driver_threads)
+        self._executor = LocalExecutor(self.threads)
         self._done.set()
 
 

@@ -51,12 +51,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Sequence
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -65,6 +65,16 @@ from .data import ID_KINDS, TIME_KINDS, _finite_column, _long_to_array, _sorted_
 from .errors import InvalidParameterError
 from .method import Shard
 from .output import resolve
+
+if TYPE_CHECKING:  # imported where used: pyarrow.dataset imports pandas (0.2 s of every job's start)
+    import pyarrow.dataset as pads
+
+
+def _pads():
+    """``pyarrow.dataset``, imported on first use."""
+    import pyarrow.dataset
+
+    return pyarrow.dataset
 
 # ---------------------------------------------------------------------------------------------
 # Driver side: the plan
@@ -238,7 +248,7 @@ class DatasetPlan:
 
 def _list_files(parameter: str, source: str | pads.FileSystemDataset) -> tuple[pafs.FileSystem, list[str], str]:
     """The filesystem, the sorted Parquet file paths and a printable location of ``source``."""
-    if isinstance(source, pads.FileSystemDataset):
+    if _is_pyarrow_dataset(source):
         paths = sorted(source.files)
         if not paths:
             raise InvalidParameterError(parameter, "must hold Parquet files", "an empty pyarrow dataset")
@@ -355,13 +365,13 @@ def read_piece(plan: DatasetPlan, piece: Piece) -> pa.Table:
     if len(ids) != file.n_series:
         _wrong_series_count(plan, file, len(ids))
     low, high = ids[piece.start].as_py(), ids[piece.stop - 1].as_py()
-    column = pads.field(plan.series_column)
+    column = _pads().field(plan.series_column)
     return _read_table(plan, file.path, (column >= low) & (column <= high))
 
 
 def _read_table(plan: DatasetPlan, path: str, expression) -> pa.Table:
     """The table at ``path`` (filtered by ``expression``, row groups pruned by statistics), decoded."""
-    fragment = pads.dataset(path, filesystem=plan.filesystem, format="parquet")
+    fragment = _pads().dataset(path, filesystem=plan.filesystem, format="parquet")
     table = fragment.to_table(filter=expression)
     columns = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns]
     return pa.Table.from_arrays(columns, names=table.column_names)
@@ -900,7 +910,13 @@ def is_dataset(value: Any) -> bool:
 
 def is_dataset_source(value: Any) -> bool:
     """Whether ``value`` names a dataset: a path or URI string, a pyarrow dataset, or a plan."""
-    return isinstance(value, (str, os.PathLike, pads.FileSystemDataset, DatasetPlan))
+    return isinstance(value, (str, os.PathLike, DatasetPlan)) or _is_pyarrow_dataset(value)
+
+
+def _is_pyarrow_dataset(value: Any) -> bool:
+    """Whether ``value`` is a pyarrow ``FileSystemDataset`` (whose module is then imported already)."""
+    module = sys.modules.get("pyarrow.dataset")
+    return module is not None and isinstance(value, module.FileSystemDataset)
 
 
 def plan_fingerprint(plan: DatasetPlan) -> str:

@@ -343,11 +343,11 @@ class Execution:
     executor: str = _option(
         "ray", flag="--executor", choices=JOB_EXECUTORS,
         help="ray: Ray workers, on the cluster in RAY_ADDRESS or an embedded local Ray; local: this process "
-             "alone, on --num-cpus threads, without Ray (one machine, no start-up of seconds) "
+             "alone, on two threads per CPU of --num-cpus, without Ray (one machine, no start-up of seconds) "
              "(default: %(default)s)")
     num_cpus: int | None = _option(
         None, flag="--num-cpus", type=int,
-        help="CPUs of the embedded local Ray, or threads of --executor local (default: all); ignored when "
+        help="CPUs of the embedded local Ray, or those --executor local uses (default: all); ignored when "
              "RAY_ADDRESS is set")
     gpus_per_worker: float | None = _option(
         None, flag="--gpus-per-worker", type=float,

@@ -123,10 +123,10 @@ def test_executor_local_runs_in_this_process_without_ray_with_the_effects_of_one
                     "--perturbation", "permute", "--repeats", "5", "--shard-size", "32", "--eval-batch-size", "16",
                     "--seed", "3", "--executor", "local", "--num-cpus", "2", "--quiet", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    assert f"rnnimp: running in this process (2 threads, no Ray); results go to {out}" in done.stdout
+    assert f"rnnimp: running in this process (2 CPUs, 4 threads, no Ray); results go to {out}" in done.stdout
     assert not ray.is_initialized()
     metadata = read_metadata(str(out / "summary.parquet"))
-    assert metadata["executor"] == "local" and metadata["workers"] == {"threads": 2}
+    assert metadata["executor"] == "local" and metadata["workers"] == {"threads": 4}
     assert "start_ray" not in metadata["timings_s"]
     assert "units" in done.stdout.split("phases:")[1]
     one_thread = sensitivity_importance(
