@@ -217,7 +217,7 @@ class Workers:
         self.execution = execution
         self.actors = actors
         self.where = ""
-        self.driver_threads = driver_threads(execution)  # TensorFlow's threads in the driver, the driver lane's
+        self.driver_threads = driver_threads(execution)  # TensorFlow's threads in the driver
         self.started = time.perf_counter()
         self.start_ray_s = 0.0
         self.wait_ray_s = 0.0
@@ -233,6 +233,7 @@ class Workers:
 
     def _start(self) -> None:
         from . import distributed
+        from .worker import THREADS_PER_CPU
 
         try:
             where = distributed.connect(self.execution.num_cpus, self.execution.connect_timeout)
@@ -240,7 +241,7 @@ class Workers:
                 distributed.check_gpus(self.execution.gpus_per_worker, "--gpus-per-worker")
                 executor = distributed.RayExecutor(gpus_per_worker=self.execution.gpus_per_worker,
                                                    driver_lane=not self.execution.workers_only,
-                                                   driver_lanes=self.driver_threads)
+                                                   driver_lanes=THREADS_PER_CPU * self.driver_threads)
                 if self.actors:
                     executor.start()
                 self.where, self._executor, self._connected = where, executor, True
@@ -379,12 +380,13 @@ class LocalWorkers(Workers):
 
 
 def driver_threads(execution: options.Execution) -> int:
-    """The driver's TensorFlow threads, and the driver lane's: ``--num-cpus`` if given, else the CPUs it may use.
+    """The driver's TensorFlow threads: ``--num-cpus`` if given, else the CPUs it may use.
 
-    The driver lane computes that many units at once (each on one thread, as
-    a worker does) while the workers start; TensorFlow runs concurrent XLA
-    programs only with as many intra-op threads. The training's result is
-    the same bit for bit with any of these counts.
+    The driver lane (and ``--executor local``) computes units on
+    :data:`rnnimp.worker.THREADS_PER_CPU` threads per CPU while the workers
+    start; TensorFlow runs concurrent XLA programs only with an intra-op
+    pool of several threads. The training's result is the same bit for bit
+    with 1 and 2 threads.
     """
     from .worker import available_cpus
 
