@@ -213,6 +213,8 @@ class Workers:
     ``wait_ray_s``: seconds the driver waited for it.
     """
 
+    local = False  # whether the units run in this process (--executor local), not on Ray workers
+
     def __init__(self, execution: options.Execution, actors: bool = True) -> None:
         self.execution = execution
         self.actors = actors
@@ -228,8 +230,6 @@ class Workers:
         self._release = threading.Event()  # Ray is stopped: the thread may end
         self._thread = threading.Thread(target=self._start, name="rnnimp-ray", daemon=True)
         self._thread.start()
-
-    local = False  # whether the units run in this process (--executor local), not on Ray workers
 
     def _start(self) -> None:
         from . import distributed
