@@ -242,9 +242,6 @@ class DatasetPlan:
             index += 1
         return pieces
 
-    def shard_nbytes(self, shard: Shard) -> int:
-        return 4 * (shard.stop - shard.start) * math.prod(self.row_shape)
-
 
 def _list_files(parameter: str, source: str | pads.FileSystemDataset) -> tuple[pafs.FileSystem, list[str], str]:
     """The filesystem, the sorted Parquet file paths and a printable location of ``source``."""
@@ -748,11 +745,6 @@ def _shift(value: int, bits: int) -> int:
     quotient, remainder = divmod(value, 1 << -bits)
     assert remainder == 0, "a float32 value is a multiple of 2**-149"
     return quotient
-
-
-def feature_moments(plan: DatasetPlan, reader: ShardReader, shards: Sequence[Shard]) -> Moments:
-    """The moments of the whole dataset from per-shard moments (what the workers would each compute)."""
-    return combine([Moments.of(reader.read(shard)) for shard in shards])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -119,10 +119,6 @@ class InputLayout:
         return tuple((index, tuple(f for f, _ in pairs), tuple(c for _, c in pairs))
                      for index, pairs in sorted(by_input.items()))
 
-    def is_static_target(self, features: Sequence[int]) -> bool:
-        """Whether every feature of a target belongs to a static input."""
-        return all(not self.is_sequence(self.locate(f)[0]) for f in features)
-
 
 def real_steps(batch: np.ndarray, mask_value: float | None) -> np.ndarray | None:
     """(rows, time) bool: True at steps that are data, False at padding; None without a mask.

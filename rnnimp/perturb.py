@@ -61,23 +61,6 @@ def sample_noise(
     return flat.reshape(n_samples, time_steps, n_features)
 
 
-def add_noise_inplace(
-    series: np.ndarray, features: tuple[int, ...], noise: np.ndarray, scale: float | Sequence[float],
-    step: int | None = None,
-) -> None:
-    """Add ``scale * noise`` to ``features`` of ``series`` in place.
-
-    ``series``: (n, time, features); ``noise``: (n, time, len(features))
-    standard normal values, or (n, 1, len(features)) when ``step`` is given.
-    ``scale`` is one number or one per input feature. Every time step (or
-    only ``step``) of the listed features changes, nothing else does.
-    """
-    steps = _steps(step)
-    for column, feature in enumerate(features):
-        feature_scale = scale if np.isscalar(scale) else scale[feature]
-        series[:, steps, feature] += (feature_scale * noise[:, :, column]).astype(series.dtype, copy=False)
-
-
 def _steps(step: int | None) -> slice:
     return slice(None) if step is None else slice(step, step + 1)
 

@@ -70,10 +70,6 @@ class RunSizes:
     def baseline_bytes(self) -> int:
         return self.n_series * self.n_outputs * FLOAT32
 
-    @property
-    def shard_baseline_bytes(self) -> int:
-        return min(self.shard_size, self.n_series) * self.n_outputs * FLOAT32
-
 
 @dataclass(frozen=True)
 class Capacity:

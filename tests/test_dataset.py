@@ -13,7 +13,7 @@ import pytest
 
 from rnnimp import InvalidParameterError
 from rnnimp.data import load_series
-from rnnimp.dataset import (DatasetPlan, Moments, ShardReader, combine, feature_moments, permutation_donors,
+from rnnimp.dataset import (DatasetPlan, Moments, ShardReader, combine, permutation_donors,
                             read_shard, write_dataset)
 from rnnimp.method import Layout, plan_units
 from rnnimp.perturb import permutation
@@ -91,7 +91,7 @@ def test_pyarrow_dataset_source(dataset, sample):
 def test_cache_reads_each_shard_once_within_budget(dataset, sample):
     plan = DatasetPlan.open(dataset)
     shards = Layout.for_sample(N_SERIES, 16, 32).shards
-    shard_bytes = plan.shard_nbytes(shards[0])
+    shard_bytes = read_shard(plan, shards[0]).nbytes
     reader = ShardReader(plan, budget_bytes=2 * shard_bytes)
     for _ in range(3):  # three units on shard 0, then on shard 1
         reader.read(shards[0])
@@ -150,7 +150,7 @@ def test_sweeps_longer_than_the_budget_still_hit(dataset):
     """Units meet shards in sweeps (every target and repeat): least-recently-used eviction would hit nothing."""
     plan = DatasetPlan.open(dataset)
     shards = Layout.for_sample(N_SERIES, 23, 23).shards  # 10 shards
-    reader = ShardReader(plan, budget_bytes=4 * plan.shard_nbytes(shards[0]))  # holds 4
+    reader = ShardReader(plan, budget_bytes=4 * read_shard(plan, shards[0]).nbytes)  # holds 4
     for _ in range(4):
         for shard in shards:
             reader.read(shard)
@@ -200,7 +200,7 @@ def test_moments_are_exact_and_split_invariant(dataset, sample):
     plan = DatasetPlan.open(dataset)
     for shard_size in (16, 48, 112):
         shards = Layout.for_sample(N_SERIES, 16, shard_size).shards
-        distributed = feature_moments(plan, ShardReader(plan, 0), shards)
+        distributed = combine([Moments.of(ShardReader(plan, 0).read(shard)) for shard in shards])  # as workers
         assert distributed == whole
         np.testing.assert_array_equal(distributed.stds(), whole.stds())
     parts = [Moments.of(sample[i:i + 7]) for i in range(0, N_SERIES, 7)]
@@ -272,7 +272,7 @@ def test_dataset_on_s3(s3, sample):
     shards = Layout.for_sample(N_SERIES, 16, 48).shards
     reader = ShardReader(plan, budget_bytes=plan.nbytes)
     np.testing.assert_array_equal(np.concatenate([reader.read(shard) for shard in shards]), sample)
-    assert feature_moments(plan, reader, shards) == Moments.of(sample)
+    assert combine([Moments.of(reader.read(shard)) for shard in shards]) == Moments.of(sample)
     assert reader.hits == len(shards)
 
 

@@ -1,29 +1,32 @@
 import numpy as np
 import pytest
 
-from rnnimp.perturb import add_noise_inplace, sample_noise, standard_normal_stream
+from rnnimp.inputs import InputLayout
+from rnnimp.perturb import Perturbation, perturb_inputs, sample_noise, standard_normal_stream
 
 
-def test_add_noise_changes_only_the_target_feature_at_every_step():
+def test_noise_changes_only_the_target_feature_at_every_step():
     rng = np.random.default_rng(1)
     series = rng.random((6, 5, 3), dtype=np.float32)
-    noise = sample_noise((7, 8), 0, 6, 5)
     perturbed = series.copy()
-    add_noise_inplace(perturbed, (1,), noise, 0.2)
+    changed = perturb_inputs([perturbed], [series], 0, (1,), None, Perturbation("noise", scales=(0.5, 0.2, 0.5)),
+                             (7, 8), InputLayout.single(5, 3), [None])
 
-    assert perturbed.dtype == series.dtype
+    noise = sample_noise((7, 8), 0, 6, 5)
+    assert changed == [0] and perturbed.dtype == series.dtype
     np.testing.assert_array_equal(perturbed[:, :, [0, 2]], series[:, :, [0, 2]])
     assert np.all(perturbed[:, :, 1] != series[:, :, 1])  # every sample, every step
     np.testing.assert_allclose(perturbed[:, :, 1] - series[:, :, 1], 0.2 * noise[:, :, 0], atol=1e-6)
 
 
-def test_add_noise_to_a_group_uses_one_noise_column_per_feature():
-    series = np.zeros((2, 3, 4), dtype=np.float64)
-    noise = sample_noise((1, 1), 0, 2, 3, n_features=2)
+def test_noise_on_a_group_uses_one_noise_column_per_feature():
+    series = np.zeros((2, 3, 4), dtype=np.float32)
     perturbed = series.copy()
-    add_noise_inplace(perturbed, (0, 3), noise, 1.0)
-    np.testing.assert_array_equal(perturbed[:, :, 0], noise[:, :, 0])
-    np.testing.assert_array_equal(perturbed[:, :, 3], noise[:, :, 1])
+    perturb_inputs([perturbed], [series], 0, (0, 3), None, Perturbation("noise", scales=(1.0, 1.0, 1.0, 2.0)),
+                   (1, 1), InputLayout.single(3, 4), [None])
+    noise = sample_noise((1, 1), 0, 2, 3, n_features=2)
+    np.testing.assert_array_equal(perturbed[:, :, 0], noise[:, :, 0].astype(np.float32))
+    np.testing.assert_array_equal(perturbed[:, :, 3], (2.0 * noise[:, :, 1]).astype(np.float32))
     assert not perturbed[:, :, 1:3].any()
 
 

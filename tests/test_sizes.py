@@ -21,7 +21,6 @@ def test_bytes_of_sample_baseline_and_store():
     s = run_sizes(has_labels=True)
     assert s.sample_bytes == 1000 * 10 * 3 * 4
     assert s.baseline_bytes == s.labels_bytes == 1000 * 10 * 4
-    assert s.shard_baseline_bytes == 500 * 10 * 4
     assert sizes.store_bytes(s) == s.sample_bytes + 2 * s.baseline_bytes + 908 * 4
 
 
