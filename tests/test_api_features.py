@@ -35,6 +35,10 @@ def test_permute_true_importance_is_in_the_interval(model, sample):
     expected = np.abs(WEIGHTS) * np.sqrt(2.0) * sd
     np.testing.assert_allclose(result.importances_mean[:2], expected[:2], rtol=0.03)
     assert result.importances_mean[2] == 0
+    # sklearn's pair: the mean and the (ddof 1) standard deviation of each feature's repeats
+    np.testing.assert_allclose(result.importances_mean, result.effects.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(result.importances_std, result.effects.std(axis=1, ddof=1), rtol=1e-10)
+    assert result.importances_std[2] == 0 and result.importances_std[0] > 0
 
 
 def test_relative_noise_scales_by_each_features_spread(model):
