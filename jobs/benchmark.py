@@ -36,7 +36,6 @@ from typing import Sequence
 
 from jobs import benchmark_dataset
 from rnnimp import cli, validation
-from rnnimp.errors import InvalidParameterError
 from jobs.benchmark_tools import KIND_NAMES
 from rnnimp.errors import InvalidParameterError, RnnimpError
 
@@ -349,17 +348,16 @@ def sklearn_comparison(args, model_path: str, sample_path: str, labels_path: str
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     compared.update(sklearn_s=wall_s, sklearn_call_s=measured["seconds"], sklearn_n_jobs=args.sklearn_jobs,
                     sklearn_means=measured["means"])
-    for executor in ("local", "ray"):  # the means: Ray's run's if it ran (the two are the same bit for bit)
-        key = command_key(executor)
-        if figures.get(f"{key}_s") is None:
-            continue
-        ours = figures[f"{key}_means"]
+    ran = [executor for executor in ("ray", "local") if figures.get(f"{command_key(executor)}_s") is not None]
+    for executor in ran:
+        ratio = "sklearn_wall_to_wall" if executor == "ray" else f"sklearn_wall_to_wall_{executor}"
+        compared[ratio] = wall_s / figures[f"{command_key(executor)}_s"]
+    if ran:  # the means of the first run (the two give the same bit for bit)
+        ours = figures[f"{command_key(ran[0])}_means"]
         # Relative to the largest mean: an irrelevant feature's mean is near 0, and its relative difference noise.
         scale = max(abs(mean) for mean in ours)
         diffs = [abs(theirs - mine) / scale for theirs, mine in zip(measured["means"], ours)]
-        ratio = "sklearn_wall_to_wall" if executor == "ray" else f"sklearn_wall_to_wall_{executor}"
-        compared.update({ratio: wall_s / figures[f"{key}_s"]},
-                        means_relative_diffs=diffs, means_max_relative_diff=max(diffs))
+        compared.update(means_relative_diffs=diffs, means_max_relative_diff=max(diffs))
     return compared
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 from . import logs, options, output
 from .errors import InvalidParameterError, Names, RnnimpError
+from .worker import THREADS_PER_CPU
 
 EXIT_BAD_INPUT = 2
 
@@ -220,6 +221,7 @@ class Workers:
         self.actors = actors
         self.where = ""
         self.driver_threads = driver_threads(execution)  # TensorFlow's threads in the driver
+        self.threads = THREADS_PER_CPU * self.driver_threads  # the driver lane's, or --executor local's
         self.started = time.perf_counter()
         self.start_ray_s = 0.0
         self.wait_ray_s = 0.0
@@ -233,7 +235,6 @@ class Workers:
 
     def _start(self) -> None:
         from . import distributed
-        from .worker import THREADS_PER_CPU
 
         try:
             where = distributed.connect(self.execution.num_cpus, self.execution.connect_timeout)
@@ -241,7 +242,7 @@ class Workers:
                 distributed.check_gpus(self.execution.gpus_per_worker, "--gpus-per-worker")
                 executor = distributed.RayExecutor(gpus_per_worker=self.execution.gpus_per_worker,
                                                    driver_lane=not self.execution.workers_only,
-                                                   driver_lanes=THREADS_PER_CPU * self.driver_threads)
+                                                   driver_lanes=self.threads)
                 if self.actors:
                     executor.start()
                 self.where, self._executor, self._connected = where, executor, True
@@ -365,9 +366,6 @@ class LocalWorkers(Workers):
     local = True
 
     def __init__(self, execution: options.Execution) -> None:
-        from .worker import THREADS_PER_CPU
-
-        self.threads = THREADS_PER_CPU * driver_threads(execution)
         super().__init__(execution, actors=False)
         cpus = self.driver_threads
         self.where = f"this process ({cpus} CPU{'s' * (cpus > 1)}, {self.threads} threads, no Ray)"

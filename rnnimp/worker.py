@@ -277,7 +277,7 @@ class LocalExecutor:
     same bit for bit with any number of threads (every unit carries its
     seed). TensorFlow runs concurrent XLA programs only with an intra-op
     pool of several threads (its default: one per CPU). Two threads per CPU
-    beat one: a unit's batch is about three parts forward pass (which
+    beat one: a unit's batch is about two parts forward pass (which
     releases the GIL) to one part Python and numpy (perturbation, metric,
     conversion), which another thread's forward pass can overlap (measured
     on 2 CPUs: 100,000 series x 30 repeats in 6.5–7.6 s on 4 threads,
