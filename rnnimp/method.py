@@ -82,13 +82,24 @@ class Metric:
     name: str = "rms"
     loss: str | None = None
 
-    def terms(self, perturbed: np.ndarray, baseline: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        """Per-value terms (rows, outputs) float64 whose weighted mean is the effect (before finalize)."""
+    def terms(self, perturbed: np.ndarray, baseline: np.ndarray, labels: np.ndarray | None,
+              baseline_loss: np.ndarray | None = None) -> np.ndarray:
+        """Per-value terms (rows, outputs) float64 whose weighted mean is the effect (before finalize).
+
+        ``baseline_loss``: :meth:`baseline_loss` of these baseline rows if already known (every unit of
+        a batch shares it), else None.
+        """
         if self.name == "rms":
             return np.square(perturbed - baseline)
         if self.name == "mae":
             return np.abs(perturbed - baseline)
-        return self._loss(labels, perturbed) - self._loss(labels, baseline)
+        return self._loss(labels, perturbed) - (self.baseline_loss(baseline, labels) if baseline_loss is None
+                                                else baseline_loss)
+
+    def baseline_loss(self, baseline: np.ndarray, labels: np.ndarray | None) -> np.ndarray | None:
+        """The loss of the unperturbed predictions (rows, outputs) that ``loss-increase`` subtracts; None for the
+        other metrics."""
+        return self._loss(labels, baseline) if self.name == "loss-increase" else None
 
     def _loss(self, labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
         if self.loss == "mse":
@@ -168,6 +179,7 @@ class _BatchSetUp:
     segments: np.ndarray | None
     real: list | None = None
     valid: np.ndarray | None = None
+    baseline_losses: dict = field(default_factory=dict)  # metric index -> Metric.baseline_loss, on first use
 
 
 class ShardEvaluator:
@@ -329,8 +341,11 @@ class ShardEvaluator:
                         weights = weights_of[unit.resample, start] = bootstrap_weights(unit.resample, start,
                                                                                         stop - start)
                 column = 0
-                for measure in measures.metrics:
-                    terms = measure.terms(perturbed, batch.baseline, batch.labels)
+                for metric_index, measure in enumerate(measures.metrics):
+                    if metric_index not in batch.baseline_losses:
+                        batch.baseline_losses[metric_index] = measure.baseline_loss(batch.baseline, batch.labels)
+                    terms = measure.terms(perturbed, batch.baseline, batch.labels,
+                                          batch.baseline_losses[metric_index])
                     if batch.valid is not None:
                         terms = np.where(batch.valid, terms, 0.0)
                     for segment in range(measures.n_segments):

@@ -207,8 +207,12 @@ def _perturb_sequence(batch, sample, first_sample, members, columns, step, pertu
             batch[:, _steps(step), column] += (perturbation.scales[feature] * noise[:, :, c]).astype(
                 batch.dtype, copy=False)
     elif perturbation.kind == "permute":
-        donors = sample[sources[first_sample:first_sample + rows]]
-        batch[:, _steps(step), list(columns)] = donors[:, _steps(step)][:, :, list(columns)]
+        donors = sources[first_sample:first_sample + rows]
+        if isinstance(sample, np.ndarray):  # gather only the target's columns (and step), not whole series
+            for column in columns:
+                batch[:, _steps(step), column] = sample[:, _steps(step), column][donors]
+        else:  # a dataset view gathers whole series
+            batch[:, _steps(step), list(columns)] = sample[donors][:, _steps(step)][:, :, list(columns)]
     elif perturbation.kind == "ablate":
         for feature, column in zip(members, columns):
             batch[:, _steps(step), column] = perturbation.values[feature]

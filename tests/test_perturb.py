@@ -30,6 +30,40 @@ def test_noise_on_a_group_uses_one_noise_column_per_feature():
     assert not perturbed[:, :, 1:3].any()
 
 
+class _RowsOnly:
+    """A sample that, like a dataset view, can only be indexed by rows."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, rows):
+        return self.array[rows]
+
+
+@pytest.mark.parametrize("as_view", [False, True], ids=["array", "rows-only view"])
+@pytest.mark.parametrize("step", [None, 2])
+def test_permute_gives_each_feature_of_a_group_its_donors_values(step, as_view):
+    rng = np.random.default_rng(4)
+    series = rng.random((12, 4, 4), dtype=np.float32)
+    sources = rng.permutation(12)
+    first, rows = 5, 6  # a batch that starts inside the sample
+    perturbed = series[first:first + rows].copy()
+    sample = _RowsOnly(series) if as_view else series
+    changed = perturb_inputs([perturbed], [sample], first, (3, 1), step, Perturbation("permute"), (1, 1),
+                             InputLayout.single(4, 4), [None], sources)
+
+    donors = series[sources[first:first + rows]]
+    steps = slice(None) if step is None else slice(step, step + 1)
+    expected = series[first:first + rows].copy()
+    expected[:, steps, 3] = donors[:, steps, 3]
+    expected[:, steps, 1] = donors[:, steps, 1]
+    assert changed == [0]
+    np.testing.assert_array_equal(perturbed, expected)
+
+
 def test_noise_of_a_sample_does_not_depend_on_where_a_shard_starts():
     whole = sample_noise((3, 4), 0, 50, 7)
     for start, count in [(0, 1), (1, 3), (13, 20), (49, 1)]:
