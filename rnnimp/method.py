@@ -83,18 +83,17 @@ class Metric:
     loss: str | None = None
 
     def terms(self, perturbed: np.ndarray, baseline: np.ndarray, labels: np.ndarray | None,
-              baseline_loss: np.ndarray | None = None) -> np.ndarray:
+              baseline_loss: np.ndarray | None) -> np.ndarray:
         """Per-value terms (rows, outputs) float64 whose weighted mean is the effect (before finalize).
 
-        ``baseline_loss``: :meth:`baseline_loss` of these baseline rows if already known (every unit of
-        a batch shares it), else None.
+        ``baseline_loss``: :meth:`baseline_loss` of these baseline rows and labels (computed once for
+        every unit of a batch).
         """
         if self.name == "rms":
             return np.square(perturbed - baseline)
         if self.name == "mae":
             return np.abs(perturbed - baseline)
-        return self._loss(labels, perturbed) - (self.baseline_loss(baseline, labels) if baseline_loss is None
-                                                else baseline_loss)
+        return self._loss(labels, perturbed) - baseline_loss
 
     def baseline_loss(self, baseline: np.ndarray, labels: np.ndarray | None) -> np.ndarray | None:
         """The loss of the unperturbed predictions (rows, outputs) that ``loss-increase`` subtracts; None for the
