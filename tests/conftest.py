@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 
+import atexit
+import shutil
+import tempfile
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if "RNNIMP_XLA_CACHE" not in os.environ:  # the jobs' XLA cache: one private folder per test run, not ~/.cache
-    import atexit
-    import shutil
-    import tempfile
-
     os.environ["RNNIMP_XLA_CACHE"] = tempfile.mkdtemp(prefix="rnnimp-test-xla-")
     atexit.register(shutil.rmtree, os.environ["RNNIMP_XLA_CACHE"], ignore_errors=True)
+if "RAY_TMPDIR" not in os.environ:
+    # The embedded Rays the tests start (and the jobs they run) keep their session folders (logs, sockets,
+    # about 0.3 MB each, 27 per run) here, removed at exit (after Ray's own exit hook, registered later,
+    # has stopped them), not in /tmp/ray, where they would pile up run after run. Short: unix socket
+    # paths are limited.
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    atexit.register(shutil.rmtree, os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 import numpy as np
 import pytest
