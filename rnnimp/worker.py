@@ -15,7 +15,7 @@ import resource
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -292,13 +292,31 @@ class LocalExecutor:
         self.timings: dict[str, float] = {}
         self._pool: ThreadPoolExecutor | None = None
 
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rnnimp-local")
+        return self._pool
+
     def _map(self, function: Callable, items: list) -> Iterator:
         """``map(function, items)`` on the executor's threads (in the caller's, with one thread), in order."""
         if self.threads == 1 or len(items) < 2:
             return map(function, items)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rnnimp-local")
-        return self._pool.map(function, items)
+        return self._threads().map(function, items)
+
+    def _as_finished(self, function: Callable, items: list) -> Iterator[tuple]:
+        """``(item, function(item))`` for each item on the executor's threads, as each finishes (in order
+        in the caller's thread, with one thread). Items not started when the caller stops (an error, an
+        interrupt) are cancelled."""
+        if self.threads == 1 or len(items) < 2:
+            yield from ((item, function(item)) for item in items)
+            return
+        futures = {self._threads().submit(function, item): item for item in items}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
     def baseline(self, job: EvaluationJob) -> Baseline:
         """Predictions of every shard of the sample, in this process."""
@@ -310,7 +328,8 @@ class LocalExecutor:
         return Baseline(shards, shards[0].shape[1])
 
     def evaluate(self, job: EvaluationJob, baseline: Baseline, units: list[Unit]):
-        """Yield ``(unit, per-batch sums)`` for each unit, in plan order.
+        """Yield ``(unit, per-batch sums)`` for each unit, run by run as the runs finish (in plan order on
+        one thread), so that a checkpoint keeps every finished run when the caller stops.
 
         Consecutive units of one shard are computed together (at most
         :data:`LOCAL_RUN` at a time, fewer with several threads so that
@@ -325,7 +344,7 @@ class LocalExecutor:
 
         runs = list(shard_runs(units, most))
         started = time.perf_counter()
-        for run, sums in zip(runs, self._map(sums_of, runs)):
+        for run, sums in self._as_finished(sums_of, runs):
             yield from zip(run, sums)
         self.timings["units"] = self.timings.get("units", 0.0) + time.perf_counter() - started
 

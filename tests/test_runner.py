@@ -108,6 +108,77 @@ def test_ray_executor_made_by_run_leaves_no_actors_and_no_ray_it_started(model, 
     np.testing.assert_array_equal(unconnected.effects, local.effects)
 
 
+def _one_unit_runs(n_runs):
+    """A job-free set-up for LocalExecutor.evaluate: ``n_runs`` units, each on a shard of its own (so each its
+    own run), and a Baseline with one placeholder per shard."""
+    from rnnimp.method import Shard, Unit
+    from rnnimp.worker import Baseline
+
+    units = [Unit(0, (0,), None, 0, Shard(index, index, index + 1), (index, 0)) for index in range(n_runs)]
+    return units, Baseline((None,) * n_runs, 1)
+
+
+class _Job:
+    model = sample = labels = settings = None
+
+
+def test_the_local_executor_yields_each_run_as_it_finishes(monkeypatch):
+    import threading
+
+    from rnnimp import worker
+
+    units, baseline = _one_unit_runs(4)
+    first_received = threading.Event()
+
+    def unit_sums_many(model, sample, shard_baseline, labels, settings, run):
+        if run[0].shard.index == 0:  # the first run finishes only once a later one has come back
+            first_received.wait(timeout=10)
+        return np.full((len(run), 1, 2), float(run[0].shard.index))
+
+    monkeypatch.setattr(worker, "unit_sums_many", unit_sums_many)
+    executor = LocalExecutor(threads=2)
+    try:
+        received = []
+        for unit, sums in executor.evaluate(_Job(), baseline, units):
+            received.append(unit)
+            first_received.set()
+            assert sums[0, 0] == unit.shard.index  # each unit with its own sums
+    finally:
+        executor.shutdown()
+    assert received[0] != units[0] and sorted(u.shard.index for u in received) == [0, 1, 2, 3]
+
+
+def test_the_local_executor_cancels_the_runs_not_started_when_its_caller_stops(monkeypatch):
+    import threading
+
+    from rnnimp import worker
+
+    units, baseline = _one_unit_runs(12)
+    release, computed = threading.Event(), []
+
+    def unit_sums_many(model, sample, shard_baseline, labels, settings, run):
+        index = run[0].shard.index
+        if 0 < index < 10:
+            release.wait(timeout=10)
+        if index < 10:
+            computed.append(index)
+        return np.zeros((len(run), 1, 2))
+
+    monkeypatch.setattr(worker, "unit_sums_many", unit_sums_many)
+    executor = LocalExecutor(threads=2)
+    try:
+        results = executor.evaluate(_Job(), baseline, units[:10])
+        assert next(results)[0] == units[0]
+        results.close()  # the caller stops: an error, an interrupt
+        release.set()
+        # A later evaluation on the same threads (runs 10 and 11, not counted) comes after whatever the first
+        # left queued, so once it is done, every run of the first that was not cancelled has been computed.
+        assert len(list(executor.evaluate(_Job(), baseline, units[10:]))) == 2
+    finally:
+        executor.shutdown()
+    assert 0 in computed and len(computed) <= 3  # run 0, and at most the two that the threads had taken
+
+
 def test_the_local_executor_gives_the_same_effects_on_any_number_of_threads(model, sample):
     run = dict(n_repeats=4, random_state=11, per_step=True, batch_size=8, shard_size=16,
                metric=("rms", "mae"))
