@@ -297,12 +297,6 @@ class LocalExecutor:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rnnimp-local")
         return self._pool
 
-    def _map(self, function: Callable, items: list) -> Iterator:
-        """``map(function, items)`` on the executor's threads (in the caller's, with one thread), in order."""
-        if self.threads == 1 or len(items) < 2:
-            return map(function, items)
-        return self._threads().map(function, items)
-
     def _as_finished(self, function: Callable, items: list) -> Iterator[tuple]:
         """``(item, function(item))`` for each item on the executor's threads, as each finishes (in order
         in the caller's thread, with one thread). Items not started when the caller stops (an error, an
@@ -321,8 +315,10 @@ class LocalExecutor:
     def baseline(self, job: EvaluationJob) -> Baseline:
         """Predictions of every shard of the sample, in this process."""
         started = time.perf_counter()
-        shards = tuple(self._map(lambda shard: predict_shard(job.model, job.sample, job.settings, shard),
-                                 job.settings.layout.shards))
+        layout_shards = job.settings.layout.shards
+        finished = dict(self._as_finished(lambda shard: predict_shard(job.model, job.sample, job.settings, shard),
+                                          layout_shards))
+        shards = tuple(finished[shard] for shard in layout_shards)
         self.timings["baseline"] = time.perf_counter() - started
         self.timings.setdefault("units", 0.0)
         return Baseline(shards, shards[0].shape[1])
