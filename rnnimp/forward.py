@@ -1,6 +1,6 @@
 """Forward passes of a Keras model for the workers: input batch(es) float32 -> (batch, outputs).
 
-Beside :mod:`rnnimp.lstm` (the fused program for stacks of LSTM layers);
+Beside :mod:`rnnimp.lstm` (the fused program for recurrent models);
 :mod:`rnnimp.method` only ever sees the resulting function, so it stays pure
 numpy. TensorFlow is imported when a forward pass is built, not before.
 """
@@ -118,7 +118,7 @@ def forward_kind(model, jit_compile: bool) -> str:
     """Which forward pass :func:`model_forward` uses for ``model``: keras-xla, keras or a fused one.
 
     The fused ones are named by :func:`rnnimp.lstm.fused_kind` (fused-lstm,
-    fused-rnn, fused-rnn-masked). A model whose outputs carry a Keras mask
+    fused-rnn, fused-rnn-masked, fused-graph). A model whose outputs carry a Keras mask
     never takes them: its metric needs the output mask that ``model(x)`` gives.
     """
     kind = lstm.fused_kind(model) if jit_compile and not output_masked(model) else None
@@ -128,10 +128,11 @@ def forward_kind(model, jit_compile: bool) -> str:
 def model_forward(model, jit_compile: bool = True) -> Callable:
     """The fastest faithful forward pass: input batch(es) float32 -> (batch, outputs).
 
-    With ``jit_compile``, single-input chains of recurrent layers (LSTM, GRU,
-    SimpleRNN, Bidirectional, behind a Masking layer or not) run as rnnimp's
-    fused XLA program (:mod:`rnnimp.lstm`), other models (several inputs,
-    outputs that carry a mask, other layers) as ``model(x)`` under XLA; without it, always ``model(x)`` in a
+    With ``jit_compile``, models of recurrent layers (LSTM, GRU, SimpleRNN,
+    Bidirectional, behind a Masking layer or not), chains or functional graphs
+    with several inputs and merges, run as rnnimp's fused XLA program
+    (:mod:`rnnimp.lstm`), other models (outputs that carry a mask, other
+    layers) as ``model(x)`` under XLA; without it, always ``model(x)`` in a
     plain ``tf.function``. A model whose outputs carry a Keras mask returns
     (predictions, weights) (see :func:`keras_forward`).
     """

@@ -17,13 +17,18 @@ anything else and the caller falls back to ``model(x)``):
 * the model is a ``keras.Sequential``, or a functional ``keras.Model`` whose
   graph from its one input to its one output is a single chain (each layer
   called on the previous layer's output only, with no arguments other than
-  the mask Keras propagates and ``training=False``);
-* the input is float32 (batch, time, features); every layer computes and
-  stores float32;
+  the mask Keras propagates and ``training=False``), or any other functional
+  graph (several inputs, static covariates, branches, several outputs) of
+  such calls and of merges (``Concatenate`` along any axis but the batch,
+  ``Add``, ``Subtract``, ``Multiply``, ``Average``, ``Maximum``, ``Minimum``
+  of tensors of one shape) and ``RepeatVector``, whose inputs carry no mask;
+* the inputs are float32, (batch, time, features) or, in a graph, also
+  (batch, features); every layer computes and stores float32;
 * the layers are Keras' own (not subclasses) ``LSTM``, ``GRU`` (either
   ``reset_after``), ``SimpleRNN``, ``Bidirectional`` around those (merge
   mode concat, sum, mul or ave), ``Dense``, ``Flatten`` (channels_last),
-  ``Dropout`` and ``Masking``; at least one recurrent layer;
+  ``Dropout`` and ``Masking`` (and in a graph the merges above); at least
+  one recurrent layer;
 * recurrent layers are not stateful, return no state, and their cells'
   activations are Keras' element-wise activations (``tanh``, ``sigmoid``,
   ``relu``, ...; see :data:`ELEMENTWISE_ACTIVATIONS`); ``go_backwards``,
@@ -49,10 +54,11 @@ called on (one trace per length).
 
 * ``fused-lstm``: no mask, and every recurrent layer a plain ``LSTM``;
 * ``fused-rnn``: no mask, with a ``GRU``, ``SimpleRNN`` or ``Bidirectional``;
-* ``fused-rnn-masked``: any qualifying model with a ``Masking`` layer.
+* ``fused-rnn-masked``: any qualifying chain with a ``Masking`` layer;
+* ``fused-graph``: a qualifying functional model that is not one chain.
 
-The chain is found per input (:func:`_chain`); a model with several inputs
-does not qualify yet.
+A graph runs its layers in Keras' order (deepest first, :func:`_graph`);
+every tensor is batch last, a static one (features, batch).
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ import numpy as np
 RECURRENT_LAYERS = ("LSTM", "GRU", "SimpleRNN")
 FUSABLE_LAYERS = (*RECURRENT_LAYERS, "Bidirectional", "Dense", "Flatten", "Dropout", "Masking")
 BIDIRECTIONAL_MERGE_MODES = ("concat", "sum", "mul", "ave")
+MERGE_LAYERS = ("Concatenate", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+GRAPH_LAYERS = (*FUSABLE_LAYERS, *MERGE_LAYERS, "RepeatVector")  # what a functional graph may hold
 # Keras activations that act on each value alone, hence on any layout (softmax, say, does not).
 ELEMENTWISE_ACTIVATIONS = frozenset({
     "tanh", "sigmoid", "hard_sigmoid", "relu", "relu6", "linear", "elu", "selu", "gelu", "softplus", "softsign",
@@ -79,7 +87,7 @@ def _is_keras_layer(layer, kind: str) -> bool:
     """Whether ``layer`` is exactly Keras' own layer class ``kind`` (no subclass, no look-alike)."""
     import keras
 
-    return kind in FUSABLE_LAYERS + ("InputLayer",) and type(layer) is getattr(keras.layers, kind)
+    return kind in GRAPH_LAYERS + ("InputLayer",) and type(layer) is getattr(keras.layers, kind)
 
 
 def _sequential_chain(model) -> list | None:
@@ -135,6 +143,132 @@ def _chain(model) -> list | None:
     return None
 
 
+class _Graph:
+    """A functional model's graph as steps in call order, for :func:`_run_graph`.
+
+    ``inputs``/``outputs``: the ids of the model's input and output tensors
+    (``model.inputs``, ``model.outputs`` order); ``steps``: (layer, ids of
+    its input tensors, id of its output tensor), a merge's inputs in its
+    call's order.
+    """
+
+    def __init__(self, inputs: list[int], outputs: list[int], steps: list[tuple]) -> None:
+        self.inputs, self.outputs, self.steps = inputs, outputs, steps
+
+    @property
+    def layers(self) -> list:
+        return [layer for layer, _, _ in self.steps]
+
+
+def _graph_node(node) -> tuple | None:
+    """One node of a functional graph as (layer, its input tensors), or None if it does not qualify.
+
+    A merge takes one list of tensors, any other layer one tensor; no call
+    argument other than ``training=False`` and the mask Keras propagates; a
+    merge or ``RepeatVector`` only on inputs that carry no mask (Keras'
+    merged masks are not reproduced).
+    """
+    from keras import KerasTensor
+    from keras.src.backend.common.masking import get_keras_mask
+
+    layer = node.operation
+    kind = _kind(layer)
+    if not _is_keras_layer(layer, kind) or kind == "InputLayer" or len(node.outputs) != 1:
+        return None
+    if len(node.arguments.args) != 1:
+        return None
+    (argument,) = node.arguments.args
+    merge = kind in MERGE_LAYERS
+    sources = list(argument) if merge and isinstance(argument, (list, tuple)) else [argument]
+    if merge != isinstance(argument, (list, tuple)) or not all(isinstance(t, KerasTensor) for t in sources):
+        return None
+    kwargs = dict(node.arguments.kwargs)
+    mask = kwargs.pop("mask", None)
+    if kwargs.pop("training", None) or kwargs:
+        return None
+    masks = [get_keras_mask(tensor) for tensor in sources]
+    if merge or kind == "RepeatVector":
+        if any(m is not None for m in masks) or (mask is not None and any(m is not None for m in mask)):
+            return None
+        mask = None
+    elif mask is not None and mask is not masks[0]:
+        return None  # a mask of the user's own
+    if any(all(other is not t for t in sources) and other is not mask for other in node.input_tensors):
+        return None
+    return layer, sources
+
+
+def _merge_ok(layer, sources) -> bool:
+    """Whether a merge layer's inputs fit its batch-last form: a concatenation not along the batch, an
+    element-wise merge of tensors of one shape."""
+    if _kind(layer) == "Concatenate":
+        return layer.axis % len(sources[0].shape) != 0
+    return len({tuple(tensor.shape[1:]) for tensor in sources}) == 1
+
+
+def _data_nodes(outputs) -> set[int] | None:
+    """The ids of the nodes that compute ``outputs`` from the model's inputs along call arguments (not
+    masks); None where a tensor has no Keras history."""
+    from keras import KerasTensor
+
+    needed: set[int] = set()
+    pending = list(outputs)
+    while pending:
+        history = getattr(pending.pop(), "_keras_history", None)
+        if history is None:
+            return None
+        node = history.operation._inbound_nodes[history.node_index]
+        if id(node) in needed or node.is_input:
+            continue
+        needed.add(id(node))
+        for argument in node.arguments.args:
+            pending.extend(t for t in (argument if isinstance(argument, (list, tuple)) else [argument])
+                           if isinstance(t, KerasTensor))
+    return needed
+
+
+def _graph(model) -> _Graph | None:
+    """A functional model's graph if every node qualifies (see :func:`_graph_node`), else None.
+
+    Inputs: float32, (batch, time, features) or (batch, features) (a
+    static covariate).
+    """
+    from keras.src.models.functional import Functional
+
+    if type(model) is not Functional:
+        return None
+    try:
+        inputs, outputs = list(model.inputs), list(model.outputs)
+    except (AttributeError, ValueError):
+        return None
+    if any(tensor.dtype != "float32" or len(tensor.shape) not in (2, 3) for tensor in inputs):
+        return None
+    needed = _data_nodes(outputs)
+    if needed is None:
+        return None
+    steps = []
+    for depth in sorted(model._nodes_by_depth, reverse=True):  # the deepest first: every input before its use
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input or id(node) not in needed:
+                continue  # an input, or an op of a mask's computation (Keras records Masking's as nodes)
+            found = _graph_node(node)
+            if found is None:
+                return None
+            layer, sources = found
+            if _kind(layer) in MERGE_LAYERS and not _merge_ok(layer, sources):
+                return None
+            if _kind(layer) == "RepeatVector" and len(sources[0].shape) != 2:
+                return None
+            steps.append((layer, [id(tensor) for tensor in sources], id(node.outputs[0])))
+    return _Graph([id(tensor) for tensor in inputs], [id(tensor) for tensor in outputs], steps)
+
+
+def _structure(model) -> list | _Graph | None:
+    """The model's chain of layers (:func:`_chain`), else its functional graph (:func:`_graph`), else None."""
+    chain = _chain(model)
+    return chain if chain is not None else _graph(model)
+
+
 def _elementwise(activation) -> bool:
     """Whether ``activation`` is one of Keras' own element-wise activation functions."""
     import keras
@@ -172,21 +306,26 @@ def _layer_ok(layer) -> bool:
         return getattr(layer, "quantization_mode", None) is None and not getattr(layer, "lora_enabled", False)
     if kind == "Flatten":
         return layer.data_format == "channels_last"
-    return True  # Dropout, Masking
+    return True  # Dropout, Masking, merges (checked on their inputs by _graph), RepeatVector
 
 
 def fusable(model) -> bool:
     """Whether :func:`fused_forward` can run ``model`` (see the module's rules)."""
-    layers = _chain(model)
+    structure = _structure(model)
+    layers = structure.layers if isinstance(structure, _Graph) else structure
     return (layers is not None and any(_kind(layer) in RECURRENT_LAYERS + ("Bidirectional",) for layer in layers)
             and all(_layer_ok(layer) for layer in layers))
 
 
 def fused_kind(model) -> str | None:
-    """The name of the fused pass for ``model`` (fused-lstm, fused-rnn or fused-rnn-masked), None if it has none."""
+    """The name of the fused pass for ``model`` (fused-lstm, fused-rnn, fused-rnn-masked or fused-graph), None
+    if it has none."""
     if not fusable(model):
         return None
-    kinds = {_kind(layer) for layer in _chain(model)}
+    structure = _structure(model)
+    if isinstance(structure, _Graph):
+        return "fused-graph"
+    kinds = {_kind(layer) for layer in structure}
     if "Masking" in kinds:
         return "fused-rnn-masked"
     return "fused-lstm" if not kinds & {"GRU", "SimpleRNN", "Bidirectional"} else "fused-rnn"
@@ -403,7 +542,13 @@ def _dense(layer, tensor):
     import tensorflow as tf
 
     kernel_t = tf.transpose(_value(layer.kernel))  # (units, features)
+    units = kernel_t.shape[0]
+    if units == 1:
+        # XLA turns a one-row product into a scalar loop that recomputes its producers (the last step's
+        # gates, unvectorized: a quarter of the pass here); a second row of zeros keeps it a product.
+        kernel_t = tf.concat([kernel_t, tf.zeros_like(kernel_t)], axis=0)
     out = tf.matmul(kernel_t, tensor) if tensor.shape.rank == 2 else tf.einsum("uf,tfb->tub", kernel_t, tensor)
+    out = out[:units] if out.shape.rank == 2 else out[:, :units]
     if layer.bias is not None:
         out = out + _value(layer.bias)[:, None]
     # Applied batch-major, on the units' axis last, as Keras does: right for softmax and its kind too.
@@ -433,49 +578,105 @@ def _flatten(tensor):
     return tensor if tensor.shape.rank == 2 else tf.reshape(tensor, [-1, tf.shape(tensor)[-1]])
 
 
+def _repeat_vector(layer, tensor):
+    """Keras' RepeatVector, batch last: (features, batch) -> (n, features, batch)."""
+    import tensorflow as tf
+
+    return tf.broadcast_to(tensor[None], [layer.n, *tensor.shape[:-1], tf.shape(tensor)[-1]])
+
+
+def _apply(layer, tensor, mask):
+    """One layer of a chain or graph on a batch-last tensor and the mask it carries: (tensor, mask)."""
+    kind = _kind(layer)
+    if kind in RECURRENT_LAYERS:
+        return _recurrent(layer, tensor, mask), (mask if layer.return_sequences else None)
+    if kind == "Bidirectional":
+        return _bidirectional(layer, tensor, mask), (mask if layer.return_sequences else None)
+    if kind == "Dense":
+        return _dense(layer, tensor), mask
+    if kind == "Flatten":
+        return _flatten(tensor), None
+    if kind == "Masking":
+        return _masking(layer, tensor)
+    if kind == "RepeatVector":
+        return _repeat_vector(layer, tensor), None
+    return tensor, mask  # Dropout and InputLayer: identity at inference, mask passed on
+
+
+def _merge(layer, tensors):
+    """A Keras merge layer on batch-last tensors (no masks), in Keras' order of operations."""
+    import tensorflow as tf
+
+    kind = _kind(layer)
+    if kind == "Concatenate":  # Keras' axis counts the batch first; here the batch is last
+        return tf.concat(tensors, axis=layer.axis % tensors[0].shape.rank - 1)
+    if kind == "Subtract":
+        return tensors[0] - tensors[1]
+    operation = {"Add": tf.add, "Average": tf.add, "Multiply": tf.multiply, "Maximum": tf.maximum,
+                 "Minimum": tf.minimum}[kind]
+    output = tensors[0]
+    for tensor in tensors[1:]:
+        output = operation(output, tensor)
+    return output / len(tensors) if kind == "Average" else output
+
+
 def _run_chain(layers, tensor):
     """The chain's layers on (time, features, batch): the output, batch last, and the mask it carries (or None)."""
     mask = None
     for layer in layers:
-        kind = _kind(layer)
-        if kind in RECURRENT_LAYERS:
-            tensor = _recurrent(layer, tensor, mask)
-            mask = mask if layer.return_sequences else None
-        elif kind == "Bidirectional":
-            tensor = _bidirectional(layer, tensor, mask)
-            mask = mask if layer.return_sequences else None
-        elif kind == "Dense":
-            tensor = _dense(layer, tensor)
-        elif kind == "Flatten":
-            tensor, mask = _flatten(tensor), None
-        elif kind == "Masking":
-            tensor, mask = _masking(layer, tensor)
-        # Dropout and InputLayer: identity at inference, mask passed on.
+        tensor, mask = _apply(layer, tensor, mask)
     return tensor, mask
 
 
-def fused_forward(model) -> Callable[[np.ndarray], np.ndarray] | None:
+def _run_graph(graph: _Graph, tensors: list) -> list:
+    """The graph on its inputs, batch last ((time, features, batch) or (features, batch)): its outputs."""
+    values = {key: (tensor, None) for key, tensor in zip(graph.inputs, tensors, strict=True)}
+    for layer, sources, target in graph.steps:
+        if _kind(layer) in MERGE_LAYERS:
+            values[target] = (_merge(layer, [values[source][0] for source in sources]), None)
+        else:
+            values[target] = _apply(layer, *values[sources[0]])
+    return [values[key][0] for key in graph.outputs]
+
+
+def _batch_last(array):
+    """(batch, ...) -> (..., batch), float32."""
+    import tensorflow as tf
+
+    tensor = tf.convert_to_tensor(array, tf.float32)
+    return tf.transpose(tensor, [*range(1, tensor.shape.rank), 0])
+
+
+def fused_forward(model) -> Callable | None:
     """The model's fused, XLA-compiled forward pass, or None if it does not qualify.
 
-    The returned function maps a float32 batch (batch, time, features) to
-    predictions (batch, outputs), the model's output flattened per series.
+    The returned function maps a float32 batch (batch, time, features), or
+    for a model with several inputs a list of arrays in ``model.inputs``
+    order, to predictions (batch, outputs): the model's outputs flattened
+    per series and concatenated in ``model.outputs`` order.
     """
     if not fusable(model):
         return None
     import tensorflow as tf
 
-    layers = _chain(model)
+    structure = _structure(model)
 
-    def call(batch):
-        tensor = tf.transpose(tf.convert_to_tensor(batch, tf.float32), (1, 2, 0))  # (time, features, batch)
-        output, _ = _run_chain(layers, tensor)
-        return tf.transpose(_flatten(output))
+    if isinstance(structure, _Graph):
+        def call(batch):
+            arrays = batch if isinstance(batch, (list, tuple)) else [batch]
+            outputs = _run_graph(structure, [_batch_last(array) for array in arrays])
+            return tf.transpose(tf.concat([_flatten(output) for output in outputs], axis=0))
+    else:
+        def call(batch):
+            output, _ = _run_chain(structure, _batch_last(batch))  # (time, features, batch) in
+            return tf.transpose(_flatten(output))
 
-    time_steps, n_features = model.inputs[0].shape[1:]
-    if time_steps is None:
+    shapes = [tuple(tensor.shape[1:]) for tensor in model.inputs]
+    if any(None in shape for shape in shapes):
         compiled = tf.function(call, jit_compile=True, autograph=False)  # one trace per length: the loop is unrolled
     else:
-        signature = [tf.TensorSpec((None, time_steps, n_features), tf.float32)]
+        specs = [tf.TensorSpec((None, *shape), tf.float32) for shape in shapes]
+        signature = [specs[0]] if len(specs) == 1 else [specs]
         compiled = tf.function(call, jit_compile=True, autograph=False, input_signature=signature)
     from .forward import direct_calls  # forward imports this module
 

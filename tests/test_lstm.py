@@ -226,6 +226,117 @@ def test_masked_steps_carry_the_state_and_output_over(cell):
     assert_matches_keras(bidirectional, batch, forward=bidirectional_forward)
 
 
+def graph_inputs(model, n_series=300, seed=0):
+    """Random inputs for each of the model's inputs; sequences padded (random lengths) where a Masking layer
+    reads them."""
+    rng = np.random.default_rng(seed)
+    arrays = [rng.normal(size=(n_series, *tensor.shape[1:])).astype(np.float32) for tensor in model.inputs]
+    return [padded(n_series, *array.shape[1:], seed=seed + index) if array.ndim == 3 else array
+            for index, array in enumerate(arrays)]
+
+
+def assert_graph_matches_keras(model, arrays):
+    outputs = model(arrays if len(arrays) > 1 else arrays[0], training=False)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    expected = np.concatenate([np.asarray(output).reshape(len(arrays[0]), -1) for output in outputs], axis=1)
+    actual = fused_forward(model)(arrays if len(arrays) > 1 else arrays[0])
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=2e-6)
+
+
+def static_concatenated():
+    sequence, static = keras.Input((TIME_STEPS, 4)), keras.Input((2,))
+    return keras.Model([sequence, static], L.Dense(1)(L.Concatenate()([L.LSTM(3)(sequence), static])))
+
+
+def branching():
+    inputs = keras.Input((7, 4))
+    return keras.Model(inputs, L.Concatenate()([L.LSTM(3)(inputs), L.GRU(2)(inputs)]))
+
+
+def two_sequences_added():
+    first, second = keras.Input((7, 4)), keras.Input((7, 4))
+    return keras.Model([first, second], L.LSTM(3)(L.Add()([first, second])))
+
+
+def static_repeated_over_time():
+    """A static covariate repeated over the steps and joined to the features; two outputs."""
+    static, sequence = keras.Input((3,)), keras.Input((TIME_STEPS, 4))
+    repeated = L.RepeatVector(TIME_STEPS)(L.Dense(2, activation="tanh")(static))
+    joined = L.Concatenate()([sequence, repeated])
+    return keras.Model([static, sequence], [L.Dense(1)(L.LSTM(4)(joined)), L.Dense(2)(static)])
+
+
+def masked_sequence_and_static():
+    sequence, static = keras.Input((TIME_STEPS, 4)), keras.Input((2,))
+    hidden = L.GRU(3)(L.LSTM(4, return_sequences=True)(L.Masking()(sequence)))
+    return keras.Model([sequence, static], L.Dense(2)(L.Concatenate()([hidden, L.Dense(2)(static)])))
+
+
+def steps_joined_and_merged():
+    """Two series joined along time; element-wise merges of branches, each with its inputs in call order."""
+    first, second = keras.Input((3, 4)), keras.Input((2, 4))
+    sequences = L.GRU(3, return_sequences=True)(L.Concatenate(axis=1)([first, second]))
+    a, b, c = L.Dense(3)(sequences), L.Dense(3, activation="relu")(sequences), L.SimpleRNN(3, return_sequences=True)(sequences)
+    merged = [L.Subtract()([a, b]), L.Multiply()([a, b, c]), L.Average()([a, b, c]), L.Maximum()([a, c]),
+              L.Minimum()([c, b])]
+    return keras.Model([first, second], L.Flatten()(L.Concatenate(axis=-2)(merged)))
+
+
+def shared_layer_on_two_inputs():
+    first, second = keras.Input((TIME_STEPS, 4)), keras.Input((TIME_STEPS, 4))
+    shared = L.LSTM(3)
+    return keras.Model([first, second], L.Average()([shared(first), shared(second)]))
+
+
+GRAPHS = {"static-concatenated": static_concatenated, "branching": branching,
+          "two-sequences-added": two_sequences_added, "static-repeated-over-time": static_repeated_over_time,
+          "masked-sequence-and-static": masked_sequence_and_static, "steps-joined-and-merged": steps_joined_and_merged,
+          "shared-layer-on-two-inputs": shared_layer_on_two_inputs}
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_functional_graphs_match_keras(name):
+    keras.utils.set_random_seed(3)
+    model = randomize(GRAPHS[name](), 4)
+    assert fusable(model) and fused_kind(model) == "fused-graph" and forward_kind(model, True) == "fused-graph"
+    assert_graph_matches_keras(model, graph_inputs(model))
+
+
+def merged_masked_sequences():
+    inputs = keras.Input((7, 4))
+    masked = L.Masking()(inputs)
+    return keras.Model(inputs, L.LSTM(2)(L.Add()([L.LSTM(3, return_sequences=True)(masked),
+                                                  L.GRU(3, return_sequences=True)(masked)])))
+
+
+def dot_merge():
+    inputs = keras.Input((7, 4))
+    return keras.Model(inputs, L.Dot(axes=1)([L.LSTM(3)(inputs), L.GRU(3)(inputs)]))
+
+
+def graph_called_with_training():
+    sequence, static = keras.Input((7, 4)), keras.Input((2,))
+    return keras.Model([sequence, static], L.Concatenate()([L.LSTM(3)(sequence), L.Dropout(0.5)(static, training=True)]))
+
+
+def integer_input():
+    sequence, codes = keras.Input((7, 4)), keras.Input((1,), dtype="int32")
+    return keras.Model([sequence, codes], L.Concatenate()([L.LSTM(3)(sequence), L.Flatten()(L.Embedding(5, 2)(codes))]))
+
+
+def nested_model():
+    inputs = keras.Input((7, 4))
+    inner = keras.Model(inputs, L.LSTM(3)(inputs))
+    outer_inputs = keras.Input((7, 4))
+    return keras.Model(outer_inputs, L.Dense(1)(inner(outer_inputs)))
+
+
+def static_only():
+    first, second = keras.Input((3,)), keras.Input((3,))
+    return keras.Model([first, second], L.Dense(1)(L.Add()([first, second])))
+
+
 class LookalikeLSTM(L.LSTM):
     pass
 
@@ -234,19 +345,9 @@ def custom_tanh(x):
     return keras.activations.tanh(x)
 
 
-def branching():
-    inputs = keras.Input((7, 4))
-    return keras.Model(inputs, L.Concatenate()([L.LSTM(3)(inputs), L.GRU(2)(inputs)]))
-
-
 def called_with_training():
     inputs = keras.Input((7, 4))
     return keras.Model(inputs, L.LSTM(3)(L.Dropout(0.5)(inputs, training=True)))
-
-
-def two_inputs():
-    first, second = keras.Input((7, 4)), keras.Input((7, 4))
-    return keras.Model([first, second], L.LSTM(3)(L.Add()([first, second])))
 
 
 class Subclassed(keras.Model):
@@ -278,13 +379,18 @@ def subclassed():
     lambda: sequential(LookalikeLSTM(4)),
     lambda: sequential(L.Bidirectional(L.LSTM(4), merge_mode=None)),
     lambda: sequential(L.LSTM(4, return_sequences=True), L.Flatten(data_format="channels_first")),
-    branching,
     called_with_training,
-    two_inputs,
     subclassed,
+    merged_masked_sequences,
+    dot_merge,
+    graph_called_with_training,
+    integer_input,
+    nested_model,
+    static_only,
 ], ids=["no-recurrent", "mixed-precision", "float64-layer", "float64-input", "softmax-cell", "custom-activation",
         "ops-activation", "stateful", "layer-normalization", "conv1d", "lstm-subclass", "merge-mode-none",
-        "flatten-channels-first", "branching", "called-with-training", "two-inputs", "subclassed"])
+        "flatten-channels-first", "called-with-training", "subclassed", "merged-masked-sequences", "dot-merge",
+        "graph-called-with-training", "integer-input", "nested-model", "static-only"])
 def test_other_models_fall_back_to_keras(build):
     model = build()
     assert not fusable(model) and fused_forward(model) is None and fused_kind(model) is None
