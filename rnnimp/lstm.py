@@ -94,6 +94,35 @@ def _sequential_chain(model) -> list | None:
     return list(model.layers)
 
 
+def _propagated_mask(mask, tensor) -> bool:
+    """Whether the ``mask`` argument a layer was called with on ``tensor`` is the one Keras propagates.
+
+    That is ``tensor``'s own Keras mask, or, in a model loaded from a file,
+    where Keras records a ``Masking`` layer's mask as the ops that compute
+    it: ``any(not_equal(x, mask_value), axis=-1)`` on the very input ``x``
+    of the ``Masking`` layer that produced ``tensor``.
+    """
+    from keras.src.backend.common.masking import get_keras_mask
+
+    if mask is get_keras_mask(tensor):
+        return True
+    history, mask_history = getattr(tensor, "_keras_history", None), getattr(mask, "_keras_history", None)
+    if history is None or mask_history is None or _kind(history.operation) != "Masking":
+        return False
+    masking_node = history.operation._inbound_nodes[history.node_index]
+    reduce = mask_history.operation
+    if type(reduce).__name__ != "Any" or getattr(reduce, "keepdims", True) or list(
+            np.atleast_1d(getattr(reduce, "axis", None) or [None])) not in ([-1], [len(tensor.shape) - 1]):
+        return False
+    (compared,) = reduce._inbound_nodes[mask_history.node_index].arguments.args
+    compared_history = getattr(compared, "_keras_history", None)
+    if compared_history is None or type(compared_history.operation).__name__ != "NotEqual":
+        return False
+    arguments = compared_history.operation._inbound_nodes[compared_history.node_index].arguments.args
+    return (len(arguments) == 2 and arguments[0] is masking_node.arguments.args[0]
+            and isinstance(arguments[1], (int, float)) and arguments[1] == history.operation.mask_value)
+
+
 def _functional_chain(model, model_input) -> list | None:
     """The layers from ``model_input`` to the model's one output, in call order, or None if not one chain."""
     from keras.src.backend.common.masking import get_keras_mask
@@ -117,7 +146,7 @@ def _functional_chain(model, model_input) -> list | None:
         kwargs = dict(node.arguments.kwargs)
         # Keras records the mask it propagates (and which we reproduce) as a call argument and input.
         mask = kwargs.pop("mask", None)
-        if mask is not None and mask is not get_keras_mask(tensor):
+        if mask is not None and not _propagated_mask(mask, tensor):
             return None  # a mask of the user's own
         if kwargs.pop("training", None) or kwargs or any(
                 other is not tensor and other is not mask for other in node.input_tensors):
@@ -191,7 +220,7 @@ def _graph_node(node) -> tuple | None:
         if any(m is not None for m in masks) or (mask is not None and any(m is not None for m in mask)):
             return None
         mask = None
-    elif mask is not None and mask is not masks[0]:
+    elif mask is not None and not _propagated_mask(mask, sources[0]):
         return None  # a mask of the user's own
     if any(all(other is not t for t in sources) and other is not mask for other in node.input_tensors):
         return None

@@ -337,6 +337,28 @@ def static_only():
     return keras.Model([first, second], L.Dense(1)(L.Add()([first, second])))
 
 
+def mask_of_another_value():
+    """A Masking layer's output, passed a mask of the user's own (padding 1.0 instead of its 0.0)."""
+    inputs = keras.Input((7, 4))
+    own_mask = keras.ops.any(keras.ops.not_equal(inputs, 1.0), axis=-1)
+    return keras.Model(inputs, L.LSTM(3)(L.Masking(0.0)(inputs), mask=own_mask))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: functional(L.Masking(), L.LSTM(4, return_sequences=True), L.GRU(3)),
+    lambda: sequential(L.Masking(), L.Bidirectional(L.LSTM(3))),
+    masked_sequence_and_static,
+], ids=["masked-chain", "masked-sequential", "masked-graph"])
+def test_models_loaded_from_a_file_keep_their_fused_pass(build, tmp_path):
+    """Keras records a loaded model's Masking mask as the ops that compute it; the fused pass still applies."""
+    keras.utils.set_random_seed(3)
+    model = randomize(build(), 5)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert fused_kind(loaded) == fused_kind(model) and fused_kind(loaded).startswith("fused")
+    assert_graph_matches_keras(loaded, graph_inputs(loaded))
+
+
 class LookalikeLSTM(L.LSTM):
     pass
 
@@ -387,10 +409,12 @@ def subclassed():
     integer_input,
     nested_model,
     static_only,
+    mask_of_another_value,
 ], ids=["no-recurrent", "mixed-precision", "float64-layer", "float64-input", "softmax-cell", "custom-activation",
         "ops-activation", "stateful", "layer-normalization", "conv1d", "lstm-subclass", "merge-mode-none",
         "flatten-channels-first", "called-with-training", "subclassed", "merged-masked-sequences", "dot-merge",
-        "graph-called-with-training", "integer-input", "nested-model", "static-only"])
+        "graph-called-with-training", "integer-input", "nested-model", "static-only",
+        "mask-of-another-value"])
 def test_other_models_fall_back_to_keras(build):
     model = build()
     assert not fusable(model) and fused_forward(model) is None and fused_kind(model) is None
