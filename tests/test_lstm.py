@@ -51,6 +51,14 @@ def padded(n_series=300, time_steps=TIME_STEPS, features=4, seed=0, pad_value=0.
     return batch
 
 
+def assert_rebuilt_alike(model):
+    """The workers (and the driver lane) run the model rebuilt from its architecture JSON; the run's
+    metadata names the pass of the model the user gave: both must take the same pass."""
+    from rnnimp.modelio import architecture
+
+    assert forward_kind(keras.models.model_from_json(architecture(model)), True) == forward_kind(model, True)
+
+
 def assert_matches_keras(model, batch=None, n_series=300, seed=0, forward=None):
     """The fused forward pass (``forward``, else a new one) against ``model(batch)``.
 
@@ -190,6 +198,7 @@ def test_masked_chains_match_keras_on_padded_series(name, build):
     # Outputs that carry Keras' mask run as model(x), whose mask weights the metric (rnnimp.forward).
     run_as = "keras-xla" if name in OUTPUTS_CARRY_THE_MASK else "fused-rnn-masked"
     assert fused_kind(model) == "fused-rnn-masked" and forward_kind(model, True) == run_as
+    assert_rebuilt_alike(model)
     assert_matches_keras(model, padded())
 
 
@@ -300,6 +309,7 @@ def test_functional_graphs_match_keras(name):
     keras.utils.set_random_seed(3)
     model = randomize(GRAPHS[name](), 4)
     assert fusable(model) and fused_kind(model) == "fused-graph" and forward_kind(model, True) == "fused-graph"
+    assert_rebuilt_alike(model)
     assert_graph_matches_keras(model, graph_inputs(model))
 
 
