@@ -21,14 +21,14 @@ anything else and the caller falls back to ``model(x)``):
   graph (several inputs, static covariates, branches, several outputs) of
   such calls and of merges (``Concatenate`` along any axis but the batch,
   ``Add``, ``Subtract``, ``Multiply``, ``Average``, ``Maximum``, ``Minimum``
-  of tensors of one shape) and ``RepeatVector``, whose inputs carry no mask;
+  of tensors of one shape), whose inputs carry no mask;
 * the inputs are float32, (batch, time, features) or, in a graph, also
   (batch, features); every layer computes and stores float32;
 * the layers are Keras' own (not subclasses) ``LSTM``, ``GRU`` (either
   ``reset_after``), ``SimpleRNN``, ``Bidirectional`` around those (merge
   mode concat, sum, mul or ave), ``Dense``, ``Flatten`` (channels_last),
-  ``Dropout`` and ``Masking`` (and in a graph the merges above); at least
-  one recurrent layer;
+  ``Dropout``, ``Masking`` and ``RepeatVector`` (and in a graph the merges
+  above); at least one recurrent layer;
 * recurrent layers are not stateful, return no state, and their cells'
   activations are Keras' element-wise activations (``tanh``, ``sigmoid``,
   ``relu``, ...; see :data:`ELEMENTWISE_ACTIVATIONS`); ``go_backwards``,

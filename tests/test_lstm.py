@@ -139,6 +139,8 @@ RNN_CHAINS = {
                         backward_layer=L.GRU(3, return_sequences=True, go_backwards=True))],
     "mixed-stack": lambda: [L.LSTM(5, return_sequences=True), L.Dropout(0.2), L.GRU(4, return_sequences=True),
                             L.Dense(3, activation="relu"), L.SimpleRNN(2)],
+    "encoder-repeated-decoder": lambda: [L.LSTM(4), L.RepeatVector(3), L.GRU(3, return_sequences=True),
+                                         L.Dense(1)],
 }
 
 
