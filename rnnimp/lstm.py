@@ -410,7 +410,7 @@ def _lstm_cell(cell):
     A step is one product, ``[W U]·[x; h] + b`` on the gates reordered to
     (i, f, o, c): one product writes each step's pre-activations once,
     where ``W·x`` and ``U·h`` apart wrote and read them twice (about a
-    quarter of an LSTM step's time here at 16 units). With Keras' sigmoid
+    fifth of the pass's time on LSTM layers of 16 and 8 units). With Keras' sigmoid
     gates and tanh activation the four blocks take one ``tanh``
     (``sigmoid(z) = tanh(z/2)/2 + 1/2``, cheaper than XLA's sigmoid);
     otherwise the three gates take one call of their activation (a sigmoid

@@ -238,8 +238,8 @@ def test_masked_steps_carry_the_state_and_output_over(cell):
 
 
 def graph_inputs(model, n_series=300, seed=0):
-    """Random inputs for each of the model's inputs; sequences padded (random lengths) where a Masking layer
-    reads them."""
+    """Random inputs for each of the model's inputs; every sequence input padded (random lengths, see
+    :func:`padded`), which a model without a Masking layer reads as data."""
     rng = np.random.default_rng(seed)
     arrays = [rng.normal(size=(n_series, *tensor.shape[1:])).astype(np.float32) for tensor in model.inputs]
     return [padded(n_series, *array.shape[1:], seed=seed + index) if array.ndim == 3 else array
