@@ -13,7 +13,8 @@ What is timed (every figure is printed beside its target, then one JSON line wit
                    4096, 16384 and the whole sample: the best of them
   forward limit    a compiled forward pass over the whole sample in fixed batches, nothing else, on one thread
                    (a subprocess) and on all threads: model(x) under XLA, and the forward rnnimp's workers
-                   run (rnnimp.forward.model_forward)
+                   run (rnnimp.forward.model_forward); and the latter in --num-cpus one-thread processes timed
+                   at the same moment for --concurrent-window-s seconds: what the cores give together
   evaluation phase rnnimp's baseline + all units on an embedded local Ray of --num-cpus workers, from first
                    submit to last result; efficiency = its throughput / (workers x the one-thread limit of
                    the forward the workers run)
@@ -84,7 +85,10 @@ def parse_args(argv: Sequence[str] | None):
         help="also train again, fast and with plain fit (no XLA, one step per call), one after the other "
              "with the workers stopped, and compare")
     benchmark_dataset.add_options(add)
+    add("--concurrent-window-s", type=float, default=5.0,
+        help="seconds each process of the concurrent forward limit times (default: %(default)s)")
     add("--one-thread-limit", nargs=3, metavar=("MODEL", "SAMPLE", "BATCH"), help=cli.argparse.SUPPRESS)
+    add("--concurrent-limit", nargs=3, metavar=("MODEL", "SAMPLE", "BATCH"), help=cli.argparse.SUPPRESS)
     add("--sklearn-run", nargs=3, metavar=("MODEL", "SAMPLE", "LABELS"), help=cli.argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -111,6 +115,61 @@ def measure_one_thread(model_path: str, sample_path: str, batch_size: int, kinds
             name: tools.forward_speedup(kind_model, tools.kind_inputs(seed, kinds_series, two_inputs), 4096)
             for name, (kind_model, two_inputs) in tools.kind_models(seed).items() if name in kinds}
     print(json.dumps(figures))
+
+
+def measure_concurrently(model_path: str, sample_path: str, batch_size: int, window_s: float) -> None:
+    """One of the processes of :func:`concurrent_limit`: print "ready" once compiled, wait for a line on stdin,
+    then print one JSON line: this process's one-thread forward throughput over ``window_s``."""
+    from rnnimp.modelio import configure_tensorflow
+
+    configure_tensorflow(threads=1)
+    import numpy as np
+
+    from jobs.benchmark_tools import forward_steps_per_s
+    from rnnimp.modelio import load_model
+
+    def wait_for_the_others() -> None:
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+    rate = forward_steps_per_s(load_model(model_path), np.load(sample_path), batch_size, window_s,
+                               start=wait_for_the_others)
+    print(json.dumps({"steps_per_s": rate}))
+
+
+def concurrent_limit(model_path: str, sample_path: str, batch_size: int, processes: int,
+                     window_s: float) -> list[float]:
+    """The forward limit of ``processes`` one-thread processes timed at the same moment, each alone in its process
+    as a worker is: their sample-steps per second, in process order.
+
+    What the machine's cores deliver together, which is what the workers
+    share: on a virtual machine two vCPUs need not run twice what one runs.
+    """
+    environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    command = [sys.executable, "-m", "jobs.benchmark", "--concurrent-limit", model_path, sample_path,
+               str(batch_size), "--concurrent-window-s", str(window_s)]
+    running = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=environment) for _ in range(processes)]
+    try:
+        for process in running:  # every one compiled before any starts timing
+            if process.stdout.readline().strip() != "ready":
+                break
+        else:
+            for process in running:
+                process.stdin.write("go\n")
+                process.stdin.flush()
+        rates = []
+        for process in running:
+            out, err = process.communicate()
+            if process.returncode != 0 or not out.strip():
+                raise RuntimeError(f"the concurrent forward limit failed ({process.returncode}):\n{err[-3000:]}")
+            rates.append(json.loads(out.strip().splitlines()[-1])["steps_per_s"])
+        return rates
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def measure_sklearn(model_path: str, sample_path: str, labels_path: str, repeats: int, n_jobs: int,
@@ -169,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_path, sample_path, batch = args.one_thread_limit
         measure_one_thread(model_path, sample_path, int(batch), None if args.skip_kinds else args.kinds_series,
                            args.seed, chosen_kinds(args.kinds))
+        return 0
+    if args.concurrent_limit:
+        model_path, sample_path, batch = args.concurrent_limit
+        measure_concurrently(model_path, sample_path, int(batch), args.concurrent_window_s)
         return 0
     if args.sklearn_run:
         measure_sklearn(*args.sklearn_run, args.repeats, args.sklearn_jobs, args.seed)
@@ -262,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 str(args.kinds_series), *(["--skip-kinds"] if args.skip_kinds else []),
                                 *(["--kinds", args.kinds] if args.kinds else []))
         one_thread = json.loads(done.stdout.strip().splitlines()[-1])
+        figures["concurrent_steps_per_s"] = concurrent_limit(model_path, sample_path, layout.batch_size,
+                                                             args.num_cpus, args.concurrent_window_s)
     all_threads_s = forward_seconds_per_pass(model, sample, layout.batch_size, fused=True)
     keras_all_threads_s = forward_seconds_per_pass(model, sample, layout.batch_size, fused=False)
     best_plain_tf = min(one_thread["plain_tf_s"], key=one_thread["plain_tf_s"].get)
@@ -275,6 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         kinds=one_thread["kinds"],
     )
     figures["efficiency"] = figures["rnnimp_steps_per_s"] / (args.num_cpus * figures["one_thread_steps_per_s"])
+    figures["concurrent_limit_steps_per_s"] = sum(figures["concurrent_steps_per_s"])
+    figures["cores_scaling"] = figures["concurrent_limit_steps_per_s"] / figures["one_thread_steps_per_s"]
+    figures["efficiency_vs_concurrent_limit"] = (figures["rnnimp_steps_per_s"]
+                                                 / figures["concurrent_limit_steps_per_s"])
     figures["efficiency_vs_keras_limit"] = (figures["rnnimp_steps_per_s"]
                                             / (args.num_cpus * figures["keras_one_thread_steps_per_s"]))
     figures["eval_vs_plain_tf"] = (figures["rnnimp_steps_per_s"]
@@ -413,6 +482,8 @@ def format_table(f: dict, passes: int, plain_passes: int) -> str:
          f["all_threads_steps_per_s"]),
         (f"(b) rnnimp's forward ({f['forward']}) limit, one thread", passes * steps / f["one_thread_steps_per_s"],
          f["one_thread_steps_per_s"]),
+        (f"(b) rnnimp's forward limit, {f['workers']} one-thread processes at once",
+         passes * steps / f["concurrent_limit_steps_per_s"], f["concurrent_limit_steps_per_s"]),
         (f"(c) rnnimp on {f['workers']} Ray workers (baseline + units)", f["rnnimp_eval_s"], f["rnnimp_steps_per_s"]),
     ]
     if f["plain_steps_per_s"] is not None:
@@ -431,6 +502,9 @@ def format_table(f: dict, passes: int, plain_passes: int) -> str:
         f"efficiency of (c): {f['efficiency']:.1%} of {f['workers']} x the one-thread limit of rnnimp's forward;"
         f" {f['efficiency_vs_keras_limit']:.1%} of {f['workers']} x model(x)'s under XLA;"
         f" {f['eval_vs_plain_tf']:.2f}x {f['workers']} x plain TF's best",
+        f"{f['workers']} one-thread processes at once run {f['cores_scaling']:.2f}x one alone"
+        f" ({', '.join(f'{rate / 1e6:.2f}' for rate in f['concurrent_steps_per_s'])} Msteps/s each);"
+        f" (c) is {f['efficiency_vs_concurrent_limit']:.1%} of them together",
         f"fixed overhead of the in-process run (all but training and evaluation): {f['fixed_overhead_s']:.2f} s"
         f" (start Ray {f['start_ray_s']:.2f} s)",
         f"training in the benchmark, one compiled program per epoch, beside the workers' start-up: {f['train_fast_s']:.2f} s,"

@@ -7,6 +7,7 @@ evaluated by the model per second.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -70,6 +71,32 @@ def forward_seconds_per_pass(model, sample: np.ndarray, batch_size: int, fused: 
     for _ in range(passes):
         evaluator.predict(sample, layout.shards[0])
     return (time.perf_counter() - started) / passes
+
+
+def forward_steps_per_s(model, sample: np.ndarray, batch_size: int, window_s: float,
+                        start: Callable[[], None] = lambda: None) -> float:
+    """Sample-steps per second of the forward rnnimp's workers run, in whole passes over ``sample`` for ``window_s``.
+
+    As :func:`forward_seconds_per_pass` with ``fused=True`` (fixed batches,
+    nothing but the compiled forward); compiles and makes one untimed pass,
+    then calls ``start()`` (e.g. waits for a signal, so that several
+    processes time the same moment) and repeats passes until ``window_s``
+    have gone by.
+    """
+    from rnnimp.forward import model_forward
+    from rnnimp.method import Layout, ShardEvaluator
+
+    n_samples, time_steps, n_features = sample.shape
+    layout = Layout.for_sample(n_samples, batch_size, n_samples)
+    evaluator = ShardEvaluator(model_forward(model, jit_compile=True), layout.batch_size, time_steps, n_features)
+    evaluator.compile()
+    evaluator.predict(sample, layout.shards[0])
+    start()
+    started, passes = time.perf_counter(), 0
+    while passes == 0 or time.perf_counter() - started < window_s:
+        evaluator.predict(sample, layout.shards[0])
+        passes += 1
+    return passes * n_samples * time_steps / (time.perf_counter() - started)
 
 
 PLAIN_TF_BATCH_SIZES = (4096, 16384)  # and the whole sample

@@ -9,7 +9,7 @@ from jobs.benchmark_tools import KIND_NAMES
 from jobtools import call_job
 
 SMALL = ("--samples", "3000", "--repeats", "3", "--num-cpus", "2", "--plain-passes", "1", "--epochs", "1",
-         "--eval-batch-size", "512", "--shard-size", "1024")
+         "--eval-batch-size", "512", "--shard-size", "1024", "--concurrent-window-s", "0.5")
 PLAIN_TF_CONFIGURATIONS = {f"{batch}_{route}" for batch in ("4096", "16384", "whole") for route in ("graph", "xla")}
 # Three of the kinds (each kind's forward against model(x) is tested in tests/test_lstm.py): the fused LSTM
 # stack, a masked one and a model that falls back to model(x).
@@ -64,6 +64,15 @@ def test_benchmark_measures_every_target_beside_its_bound():
         figures["rnnimp_steps_per_s"] / (2 * figures["plain_tf_one_thread_steps_per_s"]), rel=1e-4)
     assert figures["efficiency"] == pytest.approx(
         figures["rnnimp_steps_per_s"] / (2 * figures["one_thread_steps_per_s"]), rel=1e-4)
+    # The concurrent limit: one figure per process (--num-cpus of them), what they ran together, against one alone.
+    rates = figures["concurrent_steps_per_s"]
+    assert len(rates) == 2 and min(rates) > 0
+    assert figures["concurrent_limit_steps_per_s"] == pytest.approx(sum(rates), rel=1e-4)
+    assert figures["cores_scaling"] == pytest.approx(sum(rates) / figures["one_thread_steps_per_s"], rel=1e-4)
+    assert figures["efficiency_vs_concurrent_limit"] == pytest.approx(
+        figures["rnnimp_steps_per_s"] / sum(rates), rel=1e-4)
+    assert "(b) rnnimp's forward limit, 2 one-thread processes at once" in text
+    assert "2 one-thread processes at once run" in text
     # Model kinds: each timed against model(x); the fused LSTM stack agrees with it to float32 rounding.
     kinds = figures["kinds"]
     assert tuple(kinds) == KINDS
@@ -95,6 +104,7 @@ def test_benchmark_skips_the_expensive_parts_and_says_so():
                     "per_step_units_s", "plain_steps_per_s"):
         assert skipped in figures and figures[skipped] is None, skipped
     assert figures["efficiency"] > 0 and figures["eval_vs_plain_tf"] > 0  # always measured
+    assert len(figures["concurrent_steps_per_s"]) == 1 and figures["cores_scaling"] > 0
     measured = [row for row in figures["targets"] if row["measured"] is not None]
     assert [row["name"].split(" / ")[0] for row in measured] == ["evaluation phase"] * 2
     assert "(a) plain loop" not in "\n".join(table)
@@ -200,3 +210,13 @@ def test_plain_tf_batch_sizes_above_the_sample_size_are_timed_once_as_the_whole_
     large = tools.best_plain_tf_seconds_per_pass(None, np.zeros((20000, 1, 1), np.float32))
     assert timed == [(batch, jit) for batch in (4096, 16384, 20000) for jit in (False, True)]
     assert large["whole_xla"] == 20000.5 and large["4096_graph"] == 4096
+
+
+def test_concurrent_limit_says_why_a_process_failed(tmp_path):
+    from jobs.benchmark import concurrent_limit
+
+    sample = tmp_path / "sample.npy"
+    np.save(sample, np.zeros((8, 10, 3), np.float32))
+    with pytest.raises(RuntimeError, match="the concurrent forward limit failed") as raised:
+        concurrent_limit(str(tmp_path / "missing.keras"), str(sample), 4, processes=2, window_s=0.1)
+    assert "missing.keras" in str(raised.value)
