@@ -75,8 +75,10 @@ def configure_tensorflow(threads: int | None) -> None:
     logs.quiet_python_loggers()
     # The ~300,000 objects of those imports live as long as the process: out of the cyclic garbage
     # collector's reach, a full collection (the job's before it disconnects from Ray, and Python's own
-    # now and then) takes milliseconds instead of 0.2-0.3 s.
-    gc.freeze()
+    # now and then) takes milliseconds instead of 0.2-0.3 s. Once per process: a later call (a test's
+    # in-process job) would also freeze whatever garbage is alive by then, for good.
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
 
     if threads is not None:
         try:

@@ -13,6 +13,8 @@ configure_tensorflow(1)
 assert "keras" in sys.modules, "configure_tensorflow did not import Keras"
 frozen = gc.get_freeze_count()  # TF's and Keras' objects, left out of every later collection
 assert frozen > 100_000, f"only {frozen} objects frozen"
+configure_tensorflow(1)
+assert gc.get_freeze_count() == frozen, "a second call froze more"
 loaded = [name for name in KERAS_EXTRAS if name in sys.modules]
 assert not loaded, f"imported with Keras: {loaded}"
 
