@@ -239,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("samples", "repeats", "num_cpus", "plain_passes", "eval_batch_size", "shard_size", "epochs",
                  "per_step_series", "per_step_repeats", "kinds_series"):
         validation.positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    validation.positive_finite("--concurrent-window-s", args.concurrent_window_s)
     chosen_kinds(args.kinds)
     args.sklearn_jobs = args.num_cpus if args.sklearn_jobs is None else args.sklearn_jobs
     validation.positive_int("--sklearn-jobs", args.sklearn_jobs)

@@ -59,6 +59,16 @@ def forward_seconds_per_pass(model, sample: np.ndarray, batch_size: int, fused: 
     ``model(x, training=False)`` in a ``tf.function`` under XLA. Compilation
     is not timed.
     """
+    evaluator, whole = _compiled_evaluator(model, sample, batch_size, fused)
+    started = time.perf_counter()
+    for _ in range(passes):
+        evaluator.predict(sample, whole)
+    return (time.perf_counter() - started) / passes
+
+
+def _compiled_evaluator(model, sample: np.ndarray, batch_size: int, fused: bool):
+    """(a compiled :class:`rnnimp.method.ShardEvaluator` of ``model`` at ``batch_size``, the shard of the whole
+    ``sample``); ``fused``: rnnimp's forward pass, else ``model(x)`` under XLA."""
     from rnnimp.forward import keras_forward, model_forward
     from rnnimp.method import Layout, ShardEvaluator
 
@@ -67,10 +77,7 @@ def forward_seconds_per_pass(model, sample: np.ndarray, batch_size: int, fused: 
     forward = model_forward(model, jit_compile=True) if fused else keras_forward(model, jit_compile=True)
     evaluator = ShardEvaluator(forward, layout.batch_size, time_steps, n_features)
     evaluator.compile()
-    started = time.perf_counter()
-    for _ in range(passes):
-        evaluator.predict(sample, layout.shards[0])
-    return (time.perf_counter() - started) / passes
+    return evaluator, layout.shards[0]
 
 
 def forward_steps_per_s(model, sample: np.ndarray, batch_size: int, window_s: float,
@@ -83,20 +90,14 @@ def forward_steps_per_s(model, sample: np.ndarray, batch_size: int, window_s: fl
     processes time the same moment) and repeats passes until ``window_s``
     have gone by.
     """
-    from rnnimp.forward import model_forward
-    from rnnimp.method import Layout, ShardEvaluator
-
-    n_samples, time_steps, n_features = sample.shape
-    layout = Layout.for_sample(n_samples, batch_size, n_samples)
-    evaluator = ShardEvaluator(model_forward(model, jit_compile=True), layout.batch_size, time_steps, n_features)
-    evaluator.compile()
-    evaluator.predict(sample, layout.shards[0])
+    evaluator, whole = _compiled_evaluator(model, sample, batch_size, fused=True)
+    evaluator.predict(sample, whole)
     start()
     started, passes = time.perf_counter(), 0
     while passes == 0 or time.perf_counter() - started < window_s:
-        evaluator.predict(sample, layout.shards[0])
+        evaluator.predict(sample, whole)
         passes += 1
-    return passes * n_samples * time_steps / (time.perf_counter() - started)
+    return passes * sample.shape[0] * sample.shape[1] / (time.perf_counter() - started)
 
 
 PLAIN_TF_BATCH_SIZES = (4096, 16384)  # and the whole sample

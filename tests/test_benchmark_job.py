@@ -112,10 +112,11 @@ def test_benchmark_skips_the_expensive_parts_and_says_so():
     assert_targets_consistent(figures, "\n".join(table))
 
 
-def test_benchmark_refuses_a_bad_size_in_one_line():
-    done = call_job("jobs.benchmark", "--samples", "0")
+@pytest.mark.parametrize("option", [("--samples", "0"), ("--concurrent-window-s", "0")])
+def test_benchmark_refuses_a_bad_size_in_one_line(option):
+    done = call_job("jobs.benchmark", *option)
     assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and "--samples" in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and option[0] in done.stderr
     assert done.stdout == ""
 
 
